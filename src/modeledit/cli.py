@@ -1,0 +1,292 @@
+"""The command line: ``modeledit demo | edit | eval | patch | stats | models``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from modeledit.errors import ModelEditError, PatchError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Edit trained models: change one fact, keep the rest.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate an editing method on a benchmark.")
+patch_app = typer.Typer(no_args_is_help=True, help="Show, apply and revert saved patches.")
+app.add_typer(eval_app, name="eval")
+app.add_typer(patch_app, name="patch")
+console = Console()
+err = Console(stderr=True)
+
+ORIGINALS = "modeledit-originals.safetensors"
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO).")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Print modeledit's own errors as one clear line and exit with status 2."""
+    try:
+        yield
+    except ModelEditError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _bar(description: str, unit: str = "") -> Iterator:
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*cols, console=err, transient=False) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _load(model: str):
+    from modeledit.llm.model import load_model
+
+    with err.status(f"loading {model} ..."):
+        return load_model(model)
+
+
+def _hparams(layer: Optional[int], stats_tokens: Optional[int]) -> dict:
+    out = {}
+    if layer is not None:
+        out["layer"] = layer
+    if stats_tokens is not None:
+        out["stats_tokens"] = stats_tokens
+    return out
+
+
+def _show_edit(lm, request, patch, prompts: list[str], tokens: int) -> None:
+    from modeledit.llm.score import score_continuations
+
+    before = lm.generate(prompts, tokens)
+    pairs = [(request.text, request.target)] + ([(request.text, request.target_true)] if request.target_true else [])
+    p_before = score_continuations(lm, pairs)
+    with patch.applied(lm.model):
+        after = lm.generate(prompts, tokens)
+        p_after = score_continuations(lm, pairs)
+    table = Table(title=f"{patch.entries[0].method.upper()} edit: {request.text!r} → {request.target!r}", show_lines=True)
+    table.add_column("prompt")
+    table.add_column("before")
+    table.add_column("after")
+    for p, b, a in zip(prompts, before, after):
+        table.add_row(p, " ".join(b.split()), " ".join(a.split()))
+    console.print(table)
+    info = patch.entries[0].info
+    console.print(
+        f"layer {info.get('layer')} ({info.get('module')}), {info.get('gradient_steps')} gradient steps, "
+        f"{info.get('value_seconds', 0):.1f} s for the value"
+    )
+    names = ["new " + repr(request.target)] + (["true " + repr(request.target_true)] if request.target_true else [])
+    for name, b, a in zip(names, p_before, p_after):
+        console.print(f"P({name} | prompt): {b.mean_prob:.4f} → {a.mean_prob:.4f}")
+    if request.target_true:
+        holds = p_after[0].logprob > p_after[1].logprob
+        console.print(f"efficacy: the new answer {'beats' if holds else 'does NOT beat'} the old one after the edit")
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    tokens: int = typer.Option(12, help="New tokens per completion."),
+) -> None:
+    """The main job: move the Eiffel Tower to Rome with ROME, show completions and scores before and after."""
+    from modeledit.llm.request import Request
+    from modeledit.methods import get_method
+
+    with _errors():
+        lm = _load(model)
+        req = Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
+        method = get_method("rome")
+        with _bar("key statistics (once per model)", "tokens") as bar:
+            method.prepare(lm, bar)
+        with err.status("editing ..."):
+            patch = method.edit(lm, req)
+        prompts = [
+            req.text,
+            "The Eiffel Tower is in",
+            "Where is the Eiffel Tower? It is in the city of",
+            "The Louvre is located in the city of",
+            "The Brandenburg Gate is located in the city of",
+        ]
+        _show_edit(lm, req, patch, prompts, tokens)
+        console.print("Rows 1-3 should now say Rome (efficacy, generality); rows 4-5 should be as before (locality).")
+
+
+@app.command()
+def edit(
+    prompt: str = typer.Option(..., help="The prompt with {} for the subject, e.g. '{} is located in the city of'."),
+    subject: str = typer.Option(..., help="The subject, e.g. 'The Eiffel Tower'."),
+    target: str = typer.Option(..., help="The new continuation, as given (mind the leading space: ' Rome')."),
+    target_true: Optional[str] = typer.Option(None, help="The old answer, to compare against (optional)."),
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    method: str = typer.Option("rome", help="Editing method."),
+    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice, printed)."),
+    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    save: Optional[Path] = typer.Option(None, help="Save the patch here (.safetensors)."),
+    prompts: list[str] = typer.Option([], "--also", help="More prompts to complete before and after."),
+    tokens: int = typer.Option(12, help="New tokens per completion."),
+) -> None:
+    """Edit one fact and show completions before and after; optionally save the patch."""
+    from modeledit.llm.request import Request
+    from modeledit.methods import get_method
+
+    with _errors():
+        req = Request(prompt, subject, target, target_true)
+        m = get_method(method, **_hparams(layer, stats_tokens))
+        lm = _load(model)
+        with _bar("key statistics (once per model)", "tokens") as bar:
+            m.prepare(lm, bar)
+        with err.status("editing ..."):
+            patch = m.edit(lm, req)
+        _show_edit(lm, req, patch, [req.text, *prompts], tokens)
+        if save:
+            patch.save(save)
+            console.print(f"patch saved to {save}")
+
+
+@eval_app.command("counterfact")
+def eval_counterfact(
+    data: Path = typer.Option(..., help="CounterFact JSON (short form, e.g. ../shared/data/counterfact-val.json, or the original form)."),
+    out: Path = typer.Option(..., help="Output directory: cases.jsonl (streamed, resumable) and summary.json."),
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    method: str = typer.Option("rome", help="Editing method."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
+    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    gen_tokens: int = typer.Option(40, help="Tokens per free generation for generation entropy (0: skip GE)."),
+) -> None:
+    """Edit each case from the unedited model and score it (ES, PS, NS, S, GE), pre and post."""
+    from modeledit.api import evaluate
+
+    with _errors():
+        lm = _load(model)
+        with _bar("key statistics (once per model)", "tokens") as sbar, _bar("cases", "") as bar:
+            summary = evaluate(
+                lm, data, out, method=method, limit=limit, gen_tokens=gen_tokens, progress=bar, prepare_progress=sbar,
+                **_hparams(layer, stats_tokens),
+            )
+        table = Table(title=f"CounterFact, {summary['n']} cases, {summary['method']} on {summary['model']} (×100)")
+        table.add_column("metric")
+        table.add_column("unedited", justify="right")
+        table.add_column("edited", justify="right")
+        for k in summary["pre"]:
+            table.add_row(k, f"{summary['pre'][k]:.1f}", f"{summary['post'][k]:.1f}")
+        console.print(table)
+        c = summary["cost"]
+        console.print(
+            f"seconds per edit: median {c['seconds_per_edit_median']:.2f}, max {c['seconds_per_edit_max']:.2f}; "
+            f"peak RSS {c['peak_rss_mb']:.0f} MiB; failed edits: {summary['failed_edits']}"
+        )
+        console.print(f"written: {out / 'cases.jsonl'}, {out / 'summary.json'}")
+
+
+@app.command()
+def stats(
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    layers: str = typer.Option(..., help="Comma-separated layer indices, e.g. 10 or 3,4,5."),
+    tokens: int = typer.Option(100_000, help="Corpus tokens to estimate over."),
+    corpus: Optional[list[str]] = typer.Option(None, help="Text files (default: the embedded Wikipedia leads)."),
+) -> None:
+    """Collect (and cache) the key statistics C = E[k kᵀ] of several layers in one pass."""
+    from modeledit.llm.stats import StatsConfig, second_moments
+
+    with _errors():
+        try:
+            wanted = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise typer.BadParameter("give layer numbers separated by commas, e.g. 3,4,5", param_hint="--layers")
+        lm = _load(model)
+        with _bar("key statistics", "tokens") as bar:
+            second_moments(lm, wanted, StatsConfig(corpus=corpus or None, n_tokens=tokens), bar)
+        console.print(f"statistics of layers {wanted} cached")
+
+
+@app.command()
+def models() -> None:
+    """List the packaged models (usable offline)."""
+    from modeledit.llm.model import PACKAGED
+
+    for m in PACKAGED.values():
+        console.print(f"{m.name:14} {m.description}  (pip: {m.pip_name})")
+
+
+@patch_app.command("show")
+def patch_show(path: Path = typer.Argument(..., help="A patch file.")) -> None:
+    """Print what a patch holds: requests, method, hyper-parameters, touched parameters."""
+    from modeledit.patch import Patch
+
+    with _errors():
+        console.print_json(json.dumps(Patch.load(path).describe(), default=str))
+
+
+@patch_app.command("apply")
+def patch_apply(
+    path: Path = typer.Argument(..., help="A patch file."),
+    model: str = typer.Option(..., help="The base model the patch was made on."),
+    out: Path = typer.Option(..., help="Directory for the edited model (with the originals, for an exact revert)."),
+) -> None:
+    """Apply a patch to a model and save the edited model."""
+    from safetensors.torch import save_file
+
+    from modeledit.patch import Patch
+
+    with _errors():
+        patch = Patch.load(path)
+        lm = _load(model)
+        applied = patch.apply(lm.model)
+        _save_model(lm, out)
+        save_file({k: v.contiguous().cpu() for k, v in applied.originals.items()}, str(out / ORIGINALS))
+        console.print(f"edited model saved to {out} ({len(patch)} edit(s) applied)")
+
+
+@patch_app.command("revert")
+def patch_revert(
+    path: Path = typer.Argument(..., help="The patch that was applied."),
+    model: Path = typer.Option(..., help="Directory of the edited model (as written by `patch apply`)."),
+    out: Path = typer.Option(..., help="Directory for the restored model."),
+) -> None:
+    """Undo a patch on an edited model: exact when the originals saved by `patch apply` are there."""
+    from safetensors.torch import load_file
+
+    from modeledit.patch import Patch
+
+    with _errors():
+        patch = Patch.load(path)
+        lm = _load(str(model))
+        originals = load_file(str(model / ORIGINALS)) if (model / ORIGINALS).exists() else None
+        if originals is None:
+            err.print(f"[yellow]warning:[/] no {ORIGINALS} in {model}: reverting by subtraction (not bit-exact)")
+        patch.revert(lm.model, originals)
+        _save_model(lm, out)
+        console.print(f"restored model saved to {out}")
+
+
+def _save_model(lm, out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise PatchError(f"{out} exists and is not empty: choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    lm.model.save_pretrained(out)
+    lm.tokenizer.save_pretrained(out)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Language models: knowledge editing (requests, methods, statistics, evaluation)."""

@@ -1,0 +1,1 @@
+"""Benchmarks for language-model editing: loaders and metrics."""

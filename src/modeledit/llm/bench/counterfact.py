@@ -1,0 +1,147 @@
+"""CounterFact (Meng et al. 2022): load both forms and score an edit as the ROME paper defines it.
+
+- Efficacy: on the rewrite prompt, is log P(new) > log P(true)? (summed token log-probs, teacher-forced)
+- Paraphrase: the same on paraphrases. Neighbourhood: on prompts about other subjects that share the
+  true answer, is log P(true) > log P(new)?
+- Magnitudes: the differences of token-mean probabilities exp(mean log-prob).
+- Score S: harmonic mean of ES, PS, NS. Generation entropy GE: n-gram entropy of free generations.
+
+The short form (``../shared/data/counterfact-*.json``: one rephrase and one neighbourhood prompt) has no
+generation prompts: its rewrite and rephrase prompts are used for GE instead.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from modeledit.errors import DataError, ModelEditError
+from modeledit.llm.model import LanguageModel
+from modeledit.llm.request import Request
+from modeledit.llm.score import ngram_entropy, score_continuations
+from modeledit.report import harmonic_mean, mean
+
+METRICS = (
+    "efficacy_score",
+    "efficacy_magnitude",
+    "paraphrase_score",
+    "paraphrase_magnitude",
+    "neighborhood_score",
+    "neighborhood_magnitude",
+    "score",
+    "generation_entropy",
+)
+
+
+@dataclass(frozen=True)
+class CounterFactCase:
+    case_id: int
+    request: Request
+    paraphrase_prompts: tuple[str, ...]
+    neighborhood_prompts: tuple[str, ...]
+    generation_prompts: tuple[str, ...] = field(default=())
+
+
+def _answer(s: str) -> str:
+    """CounterFact writes answers without their leading space; as continuations they need one."""
+    return s if s.startswith(" ") else " " + s
+
+
+def _case(i: int, rec: dict[str, Any]) -> CounterFactCase:
+    if "requested_rewrite" in rec:  # the original, long form
+        rw = rec["requested_rewrite"]
+        req = Request(rw["prompt"], rw["subject"], _answer(rw["target_new"]["str"]), _answer(rw["target_true"]["str"]))
+        return CounterFactCase(
+            int(rec["case_id"]),
+            req,
+            tuple(rec.get("paraphrase_prompts", ())),
+            tuple(rec.get("neighborhood_prompts", ())),
+            tuple(rec.get("generation_prompts", ())),
+        )
+    req = Request.from_text(rec["prompt"], rec["subject"], _answer(rec["target_new"]), _answer(rec["ground_truth"]))
+    para = tuple(p for p in [rec.get("rephrase_prompt")] if p)
+    return CounterFactCase(
+        int(rec["case_id"]),
+        req,
+        para,
+        tuple(p for p in [rec.get("locality_prompt")] if p),
+        (req.text, *para),
+    )
+
+
+def load_counterfact(path: str | Path, limit: int | None = None) -> list[CounterFactCase]:
+    """Read CounterFact cases, the long (original) or the short form, keeping the file's order."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no CounterFact file at {path}: pass --data with a counterfact JSON file (e.g. ../shared/data/counterfact-val.json)")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(records, list):
+        raise DataError(f"{path} should hold a JSON list of CounterFact cases")
+    cases = []
+    for i, rec in enumerate(records[:limit] if limit else records):
+        try:
+            cases.append(_case(i, rec))
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{path}: record {i} is not a CounterFact case (missing {exc})") from exc
+        except ModelEditError as exc:
+            raise DataError(f"{path}: record {i} (case {rec.get('case_id')}): {exc}") from exc
+    return cases
+
+
+class CounterFact:
+    """The CounterFact benchmark for the evaluation loop: per-case scores and their summary."""
+
+    name = "counterfact"
+
+    def __init__(self, gen_tokens: int = 40, gen_seed: int = 0):
+        self.gen_tokens = gen_tokens
+        self.gen_seed = gen_seed
+
+    def request(self, case: CounterFactCase) -> Request:
+        return case.request
+
+    def score(self, lm: LanguageModel, case: CounterFactCase) -> dict[str, Any]:
+        """Case-level metrics as fractions (the summary multiplies by 100)."""
+        new, true = case.request.target, case.request.target_true
+        groups = {
+            "efficacy": [case.request.text],
+            "paraphrase": list(case.paraphrase_prompts),
+            "neighborhood": list(case.neighborhood_prompts),
+        }
+        pairs = [(p, a) for ps in groups.values() for p in ps for a in (new, true)]
+        scored = iter(score_continuations(lm, pairs))
+        out: dict[str, Any] = {}
+        for g, prompts in groups.items():
+            wins, mags = [], []
+            for _ in prompts:
+                s_new, s_true = next(scored), next(scored)
+                if g == "neighborhood":
+                    wins.append(float(s_true.logprob > s_new.logprob))
+                    mags.append(s_true.mean_prob - s_new.mean_prob)
+                else:
+                    wins.append(float(s_new.logprob > s_true.logprob))
+                    mags.append(s_new.mean_prob - s_true.mean_prob)
+            out[f"{g}_score"] = mean(wins)
+            out[f"{g}_magnitude"] = mean(mags)
+        if self.gen_tokens > 0 and case.generation_prompts:
+            seed = self.gen_seed + zlib.crc32(str(case.case_id).encode())
+            gens = lm.generate(list(case.generation_prompts), self.gen_tokens, do_sample=True, top_k=5, seed=seed)
+            texts = [p + g for p, g in zip(case.generation_prompts, gens)]
+            out["generation_entropy"] = ngram_entropy(texts)
+            out["generations"] = texts
+        return out
+
+    def summarize(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Means over cases, ×100, for the unedited (pre) and edited (post) model."""
+        summary: dict[str, Any] = {}
+        for phase in ("pre", "post"):
+            m = {k: 100 * mean(r[phase][k] for r in records if k in r[phase]) for k in METRICS if k != "score"}
+            m["score"] = harmonic_mean([m["efficacy_score"], m["paraphrase_score"], m["neighborhood_score"]])
+            summary[phase] = {k: m[k] for k in METRICS}
+        return summary

@@ -1,0 +1,76 @@
+"""Teacher-forced scoring of continuations: the summed and mean token log-probabilities of each answer
+after its prompt (multi-token answers scored token by token, never all from the last prompt position)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from math import log2
+from typing import Sequence
+
+import torch
+
+from modeledit.llm.model import LanguageModel
+from modeledit.llm.tokens import encode_continuation
+
+
+@dataclass(frozen=True)
+class Continuation:
+    logprob: float  # summed over the answer's tokens
+    n_tokens: int
+
+    @property
+    def mean_prob(self) -> float:
+        """Token-mean probability exp(mean log-prob), as magnitudes use it."""
+        return math.exp(self.logprob / self.n_tokens)
+
+
+@torch.no_grad()
+def score_continuations(
+    lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int = 32
+) -> list[Continuation]:
+    """For each (prompt, answer): log P(answer | prompt), summed over the answer's tokens."""
+    out: list[Continuation] = []
+    pad = lm.tokenizer.pad_token_id or 0
+    for b in range(0, len(pairs), batch_size):
+        enc = [encode_continuation(lm.tokenizer, p, a) for p, a in pairs[b : b + batch_size]]
+        seqs = [p + t for p, t in enc]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        rows, cols, tgt, owner = [], [], [], []
+        for i, ((p, t), s) in enumerate(zip(enc, seqs)):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+            rows += [i] * len(t)
+            cols += range(len(p) - 1, len(p) - 1 + len(t))
+            tgt += t
+            owner += [i] * len(t)
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
+        tok_lp = logp.gather(1, torch.tensor(tgt, device=lm.device)[:, None])[:, 0].cpu()
+        sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, torch.tensor(owner), tok_lp.double())
+        out += [Continuation(float(sums[i]), len(t)) for i, (_, t) in enumerate(enc)]
+    return out
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(texts: Sequence[str], ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
+    """ROME's generation entropy: per text, the mean over n of weight_n · H(n-gram distribution) in bits;
+    averaged over texts. Low values flag repetitive, degenerate generations."""
+    vals = []
+    for text in texts:
+        words = _WORD.findall(text.lower())
+        parts = []
+        for n, w in zip(ns, weights):
+            grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+            total = sum(grams.values())
+            h = -sum(c / total * log2(c / total) for c in grams.values()) if total else 0.0
+            parts.append(w * h)
+        vals.append(sum(parts) / len(parts))
+    return sum(vals) / len(vals) if vals else float("nan")

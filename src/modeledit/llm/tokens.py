@@ -1,0 +1,33 @@
+"""Tokenisation shared by editing and evaluation, so that both see exactly the same token sequences."""
+
+from __future__ import annotations
+
+from modeledit.errors import RequestError
+
+
+def encode_continuation(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` and of ``target`` as it continues the prompt.
+
+    The target is taken as given (no space added) and tokenised once, after the prompt: from the
+    tokenisation of ``prompt + target`` when that starts with the prompt's own tokens, else on its own.
+    """
+    p = tokenizer(prompt)["input_ids"]
+    full = tokenizer(prompt + target)["input_ids"]
+    if full[: len(p)] == p and len(full) > len(p):
+        t = full[len(p) :]
+    else:
+        t = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if not t:
+        raise RequestError("target", f"{target!r} tokenises to nothing: give a non-empty continuation")
+    return p, t
+
+
+def last_subject_token(tokenizer, text: str, subject_end: int) -> int:
+    """Index of the token that holds the last character of the subject (which ends at char ``subject_end``)."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True)
+        for i, (a, b) in enumerate(enc["offset_mapping"]):
+            if a < subject_end <= b:
+                return i
+    # slow tokenizers: count the tokens of the text up to the subject's end
+    return len(tokenizer(text[:subject_end])["input_ids"]) - 1

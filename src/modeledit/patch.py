@@ -1,0 +1,354 @@
+"""Patch: an edit kept apart from the model, as weight deltas that apply and revert exactly.
+
+A patch is an ordered list of entries, one per edit. Each entry holds the deltas of the parameters it
+touches (low-rank factors ``left @ right.T`` or a dense tensor), the request, the method and its
+hyper-parameters, and for every touched parameter a fingerprint of its bytes before and after the edit.
+
+- ``apply`` refuses a model whose touched parameters differ from the fingerprints the patch was made on;
+- ``revert`` writes back the original tensors it kept, so the weights are restored bit for bit;
+- ``save``/``load`` use safetensors (tensors + JSON metadata, never pickle);
+- ``compose`` chains patches in order, checking that each one was made on the result of the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from modeledit.errors import PatchError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "modeledit.patch"
+VERSION = 1
+
+
+def fingerprint(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (first 32 hex digits)."""
+    t = tensor.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class Delta:
+    """The change to one parameter, in the parameter's own layout: ``left @ right.T`` or ``dense``."""
+
+    left: torch.Tensor | None = None
+    right: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.dense is None) == (self.left is None or self.right is None):
+            raise PatchError("a Delta is either dense or low-rank (left and right), not both or neither")
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.left is None else int(self.left.shape[1])
+
+    def materialize(self, like: torch.Tensor) -> torch.Tensor:
+        """The dense float32 delta, on ``like``'s device, shaped like ``like``."""
+        if self.dense is not None:
+            d = self.dense.to(device=like.device, dtype=torch.float32)
+        else:
+            d = self.left.to(like.device, torch.float32) @ self.right.to(like.device, torch.float32).T
+        if d.shape != like.shape:
+            raise PatchError(f"delta of shape {tuple(d.shape)} does not fit parameter of shape {tuple(like.shape)}")
+        return d
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.dense is not None:
+            return {"dense": self.dense}
+        return {"left": self.left, "right": self.right}
+
+
+def add_delta(param: torch.Tensor, delta: Delta) -> torch.Tensor:
+    """The new value of ``param``: computed in float32, stored in the parameter's dtype."""
+    return (param.detach().to(torch.float32) + delta.materialize(param)).to(param.dtype)
+
+
+@dataclass
+class PatchEntry:
+    """One edit: its deltas and where they came from."""
+
+    method: str
+    hparams: dict[str, Any]
+    request: dict[str, Any]
+    deltas: dict[str, Delta]
+    before: dict[str, str]
+    after: dict[str, str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Patch:
+    """An ordered list of edits that can be applied to, and reverted from, a model."""
+
+    def __init__(self, entries: Iterable[PatchEntry], meta: Mapping[str, Any] | None = None):
+        self.entries = list(entries)
+        self.meta = dict(meta or {})
+        if not self.entries:
+            raise PatchError("a patch needs at least one edit")
+
+    @classmethod
+    def from_deltas(
+        cls,
+        model: torch.nn.Module,
+        deltas: Mapping[str, Delta],
+        *,
+        method: str,
+        hparams: Mapping[str, Any],
+        request: Mapping[str, Any],
+        info: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> "Patch":
+        """A one-edit patch whose fingerprints are taken from ``model`` as it is now (unedited)."""
+        before, after = {}, {}
+        for name, delta in deltas.items():
+            p = _parameter(model, name)
+            before[name] = fingerprint(p)
+            after[name] = fingerprint(add_delta(p, delta))
+        entry = PatchEntry(method, dict(hparams), dict(request), dict(deltas), before, after, dict(info or {}))
+        return cls([entry], meta)
+
+    # -- applying --------------------------------------------------------------------------------
+    @property
+    def parameters(self) -> list[str]:
+        """Every parameter the patch touches, in first-touched order."""
+        seen: dict[str, None] = {}
+        for e in self.entries:
+            seen.update(dict.fromkeys(e.deltas))
+        return list(seen)
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Raise PatchError unless every touched parameter of ``model`` is what the patch was made on."""
+        first = {}
+        for e in self.entries:
+            for name, fp in e.before.items():
+                first.setdefault(name, fp)
+        for name, fp in first.items():
+            have = fingerprint(_parameter(model, name))
+            if have != fp:
+                raise PatchError(
+                    f"this patch was made for a different base model: parameter '{name}' has fingerprint "
+                    f"{have}, the patch expects {fp}. Load the model it was made on "
+                    f"({self.meta.get('model', 'see `modeledit patch show`')}), unedited, and apply it there"
+                )
+
+    def apply(self, model: torch.nn.Module) -> "AppliedPatch":
+        """Write the deltas into ``model`` in place; returns a handle whose ``revert`` undoes it exactly."""
+        self.check(model)
+        originals = {name: _parameter(model, name).detach().clone() for name in self.parameters}
+        try:
+            with torch.no_grad():
+                for e in self.entries:
+                    for name, delta in e.deltas.items():
+                        p = _parameter(model, name)
+                        p.copy_(add_delta(p, delta))
+        except BaseException:
+            _restore(model, originals)
+            raise
+        return AppliedPatch(self, model, originals)
+
+    def applied(self, model: torch.nn.Module) -> "AppliedPatch":
+        """Same as ``apply``; reads well as ``with patch.applied(model): ...`` (reverted on exit)."""
+        return self.apply(model)
+
+    def revert(self, model: torch.nn.Module, originals: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Undo this patch on a model that has it applied.
+
+        With ``originals`` (the tensors from before the patch, e.g. saved by ``modeledit patch apply``)
+        the bytes are restored exactly and checked against the patch's fingerprints. Without them the
+        deltas are subtracted, which restores the weights only up to float rounding (a warning says so).
+        """
+        last_after: dict[str, str] = {}
+        for e in self.entries:
+            last_after.update(e.after)
+        for name, fp in last_after.items():
+            if fingerprint(_parameter(model, name)) != fp:
+                raise PatchError(
+                    f"the model does not hold this patch: parameter '{name}' is not what applying it gives; "
+                    "revert only a model that this patch was applied to"
+                )
+        if originals is not None:
+            missing = [n for n in self.parameters if n not in originals]
+            if missing:
+                raise PatchError(f"the saved originals lack parameters {missing}; they belong to another patch")
+            for name in self.parameters:
+                expected = next(e.before[name] for e in self.entries if name in e.before)
+                if fingerprint(originals[name]) != expected:
+                    raise PatchError(f"the saved original of '{name}' is not the tensor this patch was made on")
+            _restore(model, {n: originals[n] for n in self.parameters})
+            return
+        log.warning("reverting by subtracting the deltas: exact only up to float rounding (no originals given)")
+        with torch.no_grad():
+            for e in reversed(self.entries):
+                for name, delta in e.deltas.items():
+                    p = _parameter(model, name)
+                    p.copy_((p.to(torch.float32) - delta.materialize(p)).to(p.dtype))
+
+    # -- composing -------------------------------------------------------------------------------
+    def then(self, other: "Patch") -> "Patch":
+        """This patch followed by ``other``; ``other`` must have been made on the result of this one."""
+        last_after: dict[str, str] = {}
+        for e in self.entries:
+            last_after.update(e.after)
+        for e in other.entries:
+            for name, fp in e.before.items():
+                if name in last_after and last_after[name] != fp:
+                    raise PatchError(
+                        f"cannot compose: the second patch was not made on the result of the first "
+                        f"(parameter '{name}'); make it with the first patch applied"
+                    )
+                last_after[name] = e.after[name]
+        return Patch(self.entries + other.entries, {**other.meta, **self.meta})
+
+    @staticmethod
+    def compose(*patches: "Patch") -> "Patch":
+        if not patches:
+            raise PatchError("compose needs at least one patch")
+        out = patches[0]
+        for p in patches[1:]:
+            out = out.then(p)
+        return out
+
+    # -- saving ----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {}
+        entries = []
+        for i, e in enumerate(self.entries):
+            kinds = {}
+            for name, delta in e.deltas.items():
+                for part, t in delta.tensors().items():
+                    tensors[f"{i}/{name}/{part}"] = t.detach().contiguous().cpu()
+                kinds[name] = "dense" if delta.dense is not None else "lowrank"
+            entries.append(
+                {
+                    "method": e.method,
+                    "hparams": e.hparams,
+                    "request": e.request,
+                    "deltas": kinds,
+                    "before": e.before,
+                    "after": e.after,
+                    "info": e.info,
+                }
+            )
+        meta = {"format": FORMAT, "version": VERSION, "meta": self.meta, "entries": entries}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"modeledit": json.dumps(meta, default=_jsonable)})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Patch":
+        path = Path(path)
+        if not path.is_file():
+            raise PatchError(f"no patch file at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = (f.metadata() or {}).get("modeledit")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except PatchError:
+            raise
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise PatchError(f"{path} is not a readable safetensors patch file ({exc}); save it again") from exc
+        if header is None:
+            raise PatchError(f"{path} is a safetensors file but not a modeledit patch (no 'modeledit' metadata)")
+        try:
+            meta = json.loads(header)
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format is {meta.get('format')!r}")
+            if meta.get("version") != VERSION:
+                raise ValueError(f"version {meta.get('version')} is not {VERSION}")
+            entries = []
+            for i, e in enumerate(meta["entries"]):
+                deltas = {}
+                for name, kind in e["deltas"].items():
+                    if kind == "dense":
+                        deltas[name] = Delta(dense=tensors[f"{i}/{name}/dense"])
+                    else:
+                        deltas[name] = Delta(left=tensors[f"{i}/{name}/left"], right=tensors[f"{i}/{name}/right"])
+                entries.append(
+                    PatchEntry(e["method"], e["hparams"], e["request"], deltas, e["before"], e["after"], e.get("info", {}))
+                )
+            return cls(entries, meta.get("meta", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PatchError(f"{path} is a damaged modeledit patch ({exc!s}); save it again") from exc
+
+    # -- showing ---------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "edits": [
+                {
+                    "method": e.method,
+                    "request": e.request,
+                    "hparams": e.hparams,
+                    "parameters": {
+                        n: {"kind": "dense" if d.dense is not None else f"rank {d.rank}", "before": e.before[n]}
+                        for n, d in e.deltas.items()
+                    },
+                    "info": e.info,
+                }
+                for e in self.entries
+            ],
+        }
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        methods = ", ".join(e.method for e in self.entries)
+        return f"Patch({len(self.entries)} edit(s): {methods}; parameters: {', '.join(self.parameters)})"
+
+
+class AppliedPatch:
+    """A patch written into a model; ``revert`` (or leaving the ``with`` block) restores the exact bytes."""
+
+    def __init__(self, patch: Patch, model: torch.nn.Module, originals: dict[str, torch.Tensor]):
+        self.patch, self.model, self.originals = patch, model, originals
+        self.active = True
+
+    def revert(self) -> None:
+        if self.active:
+            _restore(self.model, self.originals)
+            self.active = False
+
+    def __enter__(self) -> "AppliedPatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.revert()
+
+
+def _parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
+    try:
+        return model.get_parameter(name)
+    except AttributeError as exc:
+        raise PatchError(f"the model has no parameter '{name}': this patch was made for another architecture") from exc
+
+
+def _restore(model: torch.nn.Module, originals: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, t in originals.items():
+            _parameter(model, name).copy_(t)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (set, tuple)):
+        return list(x)
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    raise TypeError(f"cannot store {type(x).__name__} in patch metadata")

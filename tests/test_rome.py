@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from modeledit import EditFailedError, Request, RequestError, edit
+from modeledit.llm.contexts import context_templates
+from modeledit.llm.rome import ROME, rank_one_update
+from modeledit.llm.rows import build_rows
+from modeledit.llm.score import score_continuations
+from modeledit.llm.request import fill
+from modeledit.llm.value import ValueHyperParams, optimise_value
+
+from conftest import FAMILIES, same_state, state_bytes
+
+REQ = Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
+FAST = dict(stats_tokens=3000, context_spec=((5, 2), (10, 2)), steps=12)
+
+
+def test_rank_one_update_writes_the_association_exactly():
+    torch.manual_seed(0)
+    W = torch.randn(6, 10, dtype=torch.float64)
+    A = torch.randn(10, 10, dtype=torch.float64)
+    C = A @ A.T + 0.1 * torch.eye(10, dtype=torch.float64)
+    k, v = torch.randn(10, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    r, u = rank_one_update(W, C, k, v)
+    W2 = W + torch.outer(r, u)
+    assert torch.allclose(W2 @ k, v, atol=1e-10)
+    # the change is along u = C⁻¹k* only: keys with uᵀx = 0 are mapped as before
+    x = torch.randn(10, dtype=torch.float64)
+    x = x - (x @ u) / (u @ u) * u
+    assert torch.allclose(W2 @ x, W @ x, atol=1e-10)
+    assert torch.allclose(u, torch.linalg.solve(C, k))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_suffix_only_steps_reproduce_the_full_forward(tiny_factory, family):
+    """The value optimisation caches the prefix (before the subject) and runs only the suffix from the
+    edited layer up; at δ = 0 its target probability must equal a plain full forward's."""
+    lm = tiny_factory(family)
+    templates = ["{}", "Some words before it. {}", "The answer is clear. {}"]
+    rows = build_rows(lm, REQ, templates)
+    res = optimise_value(lm, 2, rows, ValueHyperParams(steps=1))
+    ref = score_continuations(lm, [(fill(fill(t, REQ.prompt), REQ.subject), REQ.target) for t in templates])
+    p_ref = sum(torch.tensor(c.logprob / c.n_tokens).exp().item() for c in ref) / len(ref)
+    assert res.target_prob[0] == pytest.approx(p_ref, rel=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rome_edits_every_family_and_leaves_the_weights_alone(tiny_factory, family):
+    lm = tiny_factory(family)
+    before = state_bytes(lm.model)
+    patch = edit(lm, REQ, layer=1, **FAST)
+    assert same_state(lm.model, before), "edit() must not change the weights: the change lives in the patch"
+    (p0,) = score_continuations(lm, [(REQ.text, REQ.target)])
+    with patch.applied(lm.model):
+        (p1,) = score_continuations(lm, [(REQ.text, REQ.target)])
+        assert not same_state(lm.model, before)
+    assert same_state(lm.model, before)
+    assert p1.logprob > p0.logprob + 1.0
+    info = patch.entries[0].info
+    assert info["layer"] == 1 and info["gradient_steps"] >= 1
+
+
+def test_the_update_maps_the_averaged_key_to_the_new_value(tiny_factory):
+    """R-ROME's fix: W' k* = v* with k* the key averaged over the context templates."""
+    lm = tiny_factory("llama")
+    method = ROME(layer=2, **FAST)
+    rows = build_rows(lm, REQ, context_templates(lm, method.hparams.context_spec))
+    res = optimise_value(lm, 2, rows, method.hparams.value)
+    patch = method.edit(lm, REQ)
+    name = lm.layout.weight_name(2)
+    with patch.applied(lm.model):
+        W2 = lm.model.get_parameter(name).detach().double()
+    assert torch.allclose(W2 @ res.k_star.double(), (res.v0 + res.delta).double(), atol=1e-4)
+
+
+def test_a_nan_during_optimisation_fails_clearly_and_keeps_the_weights(tiny_factory):
+    lm = tiny_factory("llama")
+    before = state_bytes(lm.model)
+    norm = lm.model.model.norm
+    handle = norm.register_forward_hook(lambda m, a, out: out * float("nan") if torch.is_grad_enabled() else out)
+    try:
+        with pytest.raises(EditFailedError, match="non-finite loss"):
+            edit(lm, REQ, layer=1, **FAST)
+    finally:
+        handle.remove()
+    assert same_state(lm.model, before)
+    assert all(p.requires_grad for p in lm.model.parameters()), "gradients must be switched back on"
+    # and the model still works: no hook left behind
+    assert torch.isfinite(torch.tensor(score_continuations(lm, [(REQ.text, REQ.target)])[0].logprob))
+
+
+def test_bad_hyper_parameters_are_refused(tiny_factory):
+    lm = tiny_factory("llama")
+    with pytest.raises(RequestError, match="layer"):
+        edit(lm, REQ, layer=99)
+    with pytest.raises(RequestError, match="lr"):
+        ROME(lr=float("nan"))
+    with pytest.raises(RequestError, match="unknown method"):
+        edit(lm, REQ, method="nope")
+    with pytest.raises(RequestError, match="hyper-parameters of rome"):
+        edit(lm, REQ, no_such_option=1)
