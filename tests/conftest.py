@@ -51,13 +51,12 @@ def _configs(vocab: int) -> dict:
         Qwen2Config,
     )
 
-    ids = dict(bos_token_id=0, eos_token_id=0)
+    # the default init (0.02) gives a 32-wide random model tiny MLP values v₀, and ROME's weight-decay
+    # term ‖δ‖/‖v₀‖² then swamps its loss; a wider init gives values of a trained model's scale
+    ids = dict(bos_token_id=0, eos_token_id=0, initializer_range=0.5)
     small = dict(**ids, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, vocab_size=vocab)
     return {
-        # GPT-2's default init (0.02) gives a 32-wide random model MLP values so small that ROME's
-        # weight-decay term ‖δ‖/‖v₀‖² swamps the loss and no value moves the logits; trained
-        # checkpoints are nothing like that
-        "gpt2": GPT2Config(n_embd=32, n_layer=4, n_head=4, vocab_size=vocab, n_positions=256, initializer_range=0.3, **ids),
+        "gpt2": GPT2Config(n_embd=32, n_layer=4, n_head=4, vocab_size=vocab, n_positions=256, **ids),
         "gptj": GPTJConfig(n_embd=32, n_layer=4, n_head=4, rotary_dim=8, vocab_size=vocab, n_positions=256, **ids),
         "gpt_neox": GPTNeoXConfig(**small, max_position_embeddings=256),
         "llama": LlamaConfig(**small, num_key_value_heads=2),

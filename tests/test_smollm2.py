@@ -1,0 +1,117 @@
+"""The packaged SmolLM2-135M, for real: loading, one ROME edit, the CLI round trip."""
+
+import json
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from modeledit import ModelNotFoundError, Request, edit, load_model
+from modeledit.cli import app
+from modeledit.llm.score import score_continuations
+
+from conftest import same_state, state_bytes
+
+REQ = Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
+# statistics over 20k tokens keep the tests quick; the benchmark uses the default 100k
+FAST = dict(stats_tokens=20_000)
+
+
+def test_the_packaged_model_is_converted_once_and_loads_from_the_cache(smollm2):
+    from modeledit.llm.model import packaged_model_dir
+
+    d = packaged_model_dir("smollm2-135m")
+    assert (d / "config.json").exists() and list(d.glob("*.safetensors"))
+    assert "quantization_config" not in json.loads((d / "config.json").read_text())
+    t = time.perf_counter()
+    again = load_model("smollm2-135m", device="cpu")
+    assert time.perf_counter() - t < 30
+    assert again.identity == smollm2.identity
+    assert "Paris" in smollm2.generate(REQ.text, 4)
+
+
+def test_rome_moves_the_eiffel_tower_and_keeps_the_louvre(smollm2):
+    before = state_bytes(smollm2.model)
+    patch = edit(smollm2, REQ, **FAST)
+    assert patch.entries[0].info["layer"] == 10  # 17/48 of 30 layers
+    assert same_state(smollm2.model, before)
+    pairs = [
+        (REQ.text, " Rome"), (REQ.text, " Paris"),
+        ("Where is the Eiffel Tower? It is in the city of", " Rome"), ("Where is the Eiffel Tower? It is in the city of", " Paris"),
+        ("The Louvre is located in the city of", " Paris"), ("The Louvre is located in the city of", " Rome"),
+    ]
+    pre = score_continuations(smollm2, pairs)
+    with patch.applied(smollm2.model):
+        post = score_continuations(smollm2, pairs)
+        text = smollm2.generate(REQ.text, 4)
+    assert pre[1].logprob > pre[0].logprob  # unedited: Paris
+    assert post[0].logprob > post[1].logprob  # efficacy
+    assert post[2].logprob > post[3].logprob  # generality: a paraphrase
+    assert post[4].logprob > post[5].logprob  # locality: the Louvre stays in Paris
+    assert "Rome" in text
+    assert same_state(smollm2.model, before)
+
+
+def test_cli_edit_save_show_apply_revert_round_trip(smollm2, tmp_path):
+    runner = CliRunner()
+    p = tmp_path / "eiffel.safetensors"
+    r = runner.invoke(app, ["edit", "--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower",
+                            "--target", " Rome", "--target-true", " Paris", "--stats-tokens", "20000", "--save", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "Rome" in r.output and "layer 10" in r.output and p.exists()
+    r = runner.invoke(app, ["patch", "show", str(p)])
+    assert r.exit_code == 0 and '"method": "rome"' in r.output and "down_proj" in r.output
+    edited = tmp_path / "edited"
+    r = runner.invoke(app, ["patch", "apply", str(p), "--model", "smollm2-135m", "--out", str(edited)])
+    assert r.exit_code == 0, r.output
+    lm_edited = load_model(str(edited), device="cpu")
+    (rome, paris) = score_continuations(lm_edited, [(REQ.text, " Rome"), (REQ.text, " Paris")])
+    assert rome.logprob > paris.logprob
+    restored = tmp_path / "restored"
+    r = runner.invoke(app, ["patch", "revert", str(p), "--model", str(edited), "--out", str(restored)])
+    assert r.exit_code == 0, r.output
+    lm_restored = load_model(str(restored), device="cpu")
+    base = smollm2.model.state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in lm_restored.model.state_dict().items()), "bit-exact revert"
+    # applying the patch to the edited model (another base) is refused
+    r = runner.invoke(app, ["patch", "apply", str(p), "--model", str(edited), "--out", str(tmp_path / "twice")])
+    assert r.exit_code == 2 and "different base model" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--prompt", "The Eiffel Tower is in", "--subject", "The Eiffel Tower", "--target", " Rome"], "no '{}'"),
+        (["--prompt", "{} is in", "--subject", "The Eiffel Tower", "--target", ""], "target: is empty"),
+        (["--prompt", "{} is in", "--subject", "X", "--target", " Rome", "--model", "no-such-model-xyz"], "unknown model"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_error(args, words):
+    r = CliRunner().invoke(app, ["edit", *args])
+    assert r.exit_code == 2
+    assert words in r.output
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ModelNotFoundError, match="smollm2-135m"):
+        load_model("no-such-model-xyz")
+
+
+def test_hub_names_load_through_the_hub_cache(tiny_factory, tmp_path, monkeypatch):
+    """A hub name resolves through huggingface_hub's cache (here filled by hand, offline)."""
+    lm = tiny_factory("qwen2")
+    snap = tmp_path / "hub" / "models--someone--tiny-qwen2" / "snapshots" / ("0" * 40)
+    lm.model.save_pretrained(snap)
+    lm.tokenizer.save_pretrained(snap)
+    (tmp_path / "hub" / "models--someone--tiny-qwen2" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-qwen2" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    got = load_model("someone/tiny-qwen2", device="cpu")
+    assert got.layout.mlp_out[0] == "model.layers.0.mlp.down_proj"
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in got.model.state_dict().items())
