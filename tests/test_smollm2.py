@@ -115,3 +115,21 @@ def test_hub_names_load_through_the_hub_cache(tiny_factory, tmp_path, monkeypatc
     got = load_model("someone/tiny-qwen2", device="cpu")
     assert got.layout.mlp_out[0] == "model.layers.0.mlp.down_proj"
     assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in got.model.state_dict().items())
+
+
+def test_sequential_edits_compose_into_one_patch(smollm2):
+    """Edit, apply, edit the edited model, compose: the composed patch on the base model holds both."""
+    from modeledit import Patch
+
+    first = Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
+    second = Request("{} is located in the city of", "The Louvre", " London", " Paris")
+    before = state_bytes(smollm2.model)
+    p1 = edit(smollm2, first, **FAST)
+    with p1.applied(smollm2.model):
+        p2 = edit(smollm2, second, **FAST)
+    both = Patch.compose(p1, p2)
+    pairs = [(first.text, " Rome"), (first.text, " Paris"), (second.text, " London"), (second.text, " Paris")]
+    with both.applied(smollm2.model):
+        s = score_continuations(smollm2, pairs)
+    assert s[0].logprob > s[1].logprob and s[2].logprob > s[3].logprob
+    assert same_state(smollm2.model, before)

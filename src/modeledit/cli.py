@@ -61,13 +61,30 @@ def _load(model: str):
         return load_model(model)
 
 
-def _hparams(layer: Optional[int], stats_tokens: Optional[int]) -> dict:
-    out = {}
+def _hparams(layer: Optional[int], stats_tokens: Optional[int], corpus: Optional[list[str]] = None) -> dict:
+    out: dict = {}
     if layer is not None:
         out["layer"] = layer
     if stats_tokens is not None:
         out["stats_tokens"] = stats_tokens
+    if corpus:
+        out["corpus"] = corpus[0] if len(corpus) == 1 else tuple(corpus)
     return out
+
+
+CORPUS_HELP = "Text files for the key statistics, or dataset:NAME (default: the embedded Wikipedia leads)."
+
+
+def _prepare(method, lm) -> None:
+    """Per-model one-off work (statistics), with a progress bar when there is any."""
+    from modeledit.llm.stats import is_cached
+
+    hp = getattr(method, "hparams", None)
+    if hp is not None and getattr(hp, "mom2_adjustment", False) and not is_cached(lm, method.layers(lm), hp.stats):
+        with _bar(f"key statistics of layer(s) {method.layers(lm)} (once per model)", "tokens") as bar:
+            method.prepare(lm, bar)
+    else:
+        method.prepare(lm)
 
 
 def _show_edit(lm, request, patch, prompts: list[str], tokens: int) -> None:
@@ -88,8 +105,8 @@ def _show_edit(lm, request, patch, prompts: list[str], tokens: int) -> None:
     console.print(table)
     info = patch.entries[0].info
     console.print(
-        f"layer {info.get('layer')} ({info.get('module')}), {info.get('gradient_steps')} gradient steps, "
-        f"{info.get('value_seconds', 0):.1f} s for the value"
+        f"layer {info.get('layer')} ({info.get('module')}; {info.get('layer_reason')}), "
+        f"{info.get('gradient_steps')} gradient steps, {info.get('value_seconds', 0):.1f} s for the value"
     )
     names = ["new " + repr(request.target)] + (["true " + repr(request.target_true)] if request.target_true else [])
     for name, b, a in zip(names, p_before, p_after):
@@ -112,8 +129,7 @@ def demo(
         lm = _load(model)
         req = Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
         method = get_method("rome")
-        with _bar("key statistics (once per model)", "tokens") as bar:
-            method.prepare(lm, bar)
+        _prepare(method, lm)
         with err.status("editing ..."):
             patch = method.edit(lm, req)
         prompts = [
@@ -137,6 +153,7 @@ def edit(
     method: str = typer.Option("rome", help="Editing method."),
     layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice, printed)."),
     stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
     save: Optional[Path] = typer.Option(None, help="Save the patch here (.safetensors)."),
     prompts: list[str] = typer.Option([], "--also", help="More prompts to complete before and after."),
     tokens: int = typer.Option(12, help="New tokens per completion."),
@@ -147,10 +164,9 @@ def edit(
 
     with _errors():
         req = Request(prompt, subject, target, target_true)
-        m = get_method(method, **_hparams(layer, stats_tokens))
+        m = get_method(method, **_hparams(layer, stats_tokens, corpus))
         lm = _load(model)
-        with _bar("key statistics (once per model)", "tokens") as bar:
-            m.prepare(lm, bar)
+        _prepare(m, lm)
         with err.status("editing ..."):
             patch = m.edit(lm, req)
         _show_edit(lm, req, patch, [req.text, *prompts], tokens)
@@ -168,18 +184,19 @@ def eval_counterfact(
     limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
     layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
     stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
     gen_tokens: int = typer.Option(40, help="Tokens per free generation for generation entropy (0: skip GE)."),
 ) -> None:
     """Edit each case from the unedited model and score it (ES, PS, NS, S, GE), pre and post."""
     from modeledit.api import evaluate
+    from modeledit.methods import get_method
 
     with _errors():
+        m = get_method(method, **_hparams(layer, stats_tokens, corpus))
         lm = _load(model)
-        with _bar("key statistics (once per model)", "tokens") as sbar, _bar("cases", "") as bar:
-            summary = evaluate(
-                lm, data, out, method=method, limit=limit, gen_tokens=gen_tokens, progress=bar, prepare_progress=sbar,
-                **_hparams(layer, stats_tokens),
-            )
+        _prepare(m, lm)
+        with _bar("cases", "") as bar:
+            summary = evaluate(lm, data, out, method=m, limit=limit, gen_tokens=gen_tokens, progress=bar)
         table = Table(title=f"CounterFact, {summary['n']} cases, {summary['method']} on {summary['model']} (×100)")
         table.add_column("metric")
         table.add_column("unedited", justify="right")
@@ -212,7 +229,7 @@ def stats(
             raise typer.BadParameter("give layer numbers separated by commas, e.g. 3,4,5", param_hint="--layers")
         lm = _load(model)
         with _bar("key statistics", "tokens") as bar:
-            second_moments(lm, wanted, StatsConfig(corpus=corpus or None, n_tokens=tokens), bar)
+            second_moments(lm, wanted, StatsConfig(corpus=tuple(corpus) if corpus else None, n_tokens=tokens), bar)
         console.print(f"statistics of layers {wanted} cached")
 
 

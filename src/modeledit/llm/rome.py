@@ -57,7 +57,7 @@ class ROMEHyperParams:
     mom2_adjustment: bool = True  # use C⁻¹ (EasyEdit ships ROME with this off: not the paper's method)
     stats_tokens: int = 100_000
     stats_max_len: int = 256
-    corpus: str | None = None  # None: the embedded Wikipedia leads
+    corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads; else text files or 'dataset:NAME'
 
     def __post_init__(self) -> None:
         for name in ("lr", "loss_stop", "clamp_norm_factor"):
@@ -113,6 +113,11 @@ class ROME:
             raise RequestError("layer", f"{layer} is outside this model's layers 0..{lm.layout.n_layers - 1}")
         return layer
 
+    def layer_reason(self, lm: LanguageModel) -> str:
+        if self.hparams.layer is not None:
+            return "chosen by the user"
+        return f"default: the paper's relative depth 17/48 of {lm.layout.n_layers} layers"
+
     def layers(self, lm: LanguageModel) -> list[int]:
         """The layers whose statistics this method needs."""
         return [self.layer(lm)]
@@ -141,6 +146,7 @@ class ROME:
         delta = Delta(left=u, right=r) if lm.layout.mlp_out_transposed else Delta(left=r, right=u)
         info = {
             "layer": layer,
+            "layer_reason": self.layer_reason(lm),
             "module": lm.layout.mlp_out[layer],
             "gradient_steps": res.steps,
             "loss_first": res.losses[0] if res.losses else None,

@@ -31,7 +31,7 @@ class StatsConfig:
     """How the statistics are estimated. The ROME paper used 100k Wikipedia texts; offline we default to
     100k tokens of the embedded Wikipedia leads (C is 1536x1536 for SmolLM2: ~65 samples per dimension)."""
 
-    corpus: str | None = None  # None: the embedded Wikipedia leads
+    corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads
     n_tokens: int = 100_000
     max_len: int = 256  # tokens per text (longer texts are cut)
     batch_tokens: int = 8192  # token budget of one forward pass

@@ -89,10 +89,9 @@ def _split(rows: Rows, window: int | None) -> _Split:
     cut = sp if not window or int(lens.max()) + int(sp.max()) < window else torch.zeros_like(sp)
     P, S = int(cut.max()), int((lens - cut).max())
     n, dev = rows.input_ids.shape[0], rows.input_ids.device
-    pad = int(rows.input_ids[0, 0].new_zeros(()))
-    prefix_ids = torch.full((n, P), pad, dtype=torch.long, device=dev)
+    prefix_ids = torch.zeros((n, P), dtype=torch.long, device=dev)  # padding: masked out, any id will do
     prefix_mask = torch.zeros((n, P), dtype=torch.long, device=dev)
-    suffix_ids = torch.full((n, S), pad, dtype=torch.long, device=dev)
+    suffix_ids = torch.zeros((n, S), dtype=torch.long, device=dev)
     suffix_mask = torch.zeros((n, S), dtype=torch.long, device=dev)
     for i in range(n):
         a, b = int(cut[i]), int(lens[i])
