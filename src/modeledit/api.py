@@ -3,7 +3,7 @@
     lm = load_model("smollm2-135m")
     patch = edit(lm, Request("{} is located in the city of", "The Eiffel Tower", " Rome"))
     with patch.applied(lm.model):
-        print(lm.generate("The Eiffel Tower is located in the city of"))
+        completion = lm.generate("The Eiffel Tower is located in the city of")   # ' Rome, Italy ...'
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ restore the weights, and stream the record to ``cases.jsonl``. A rerun skips the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, is_dataclass
@@ -31,8 +32,6 @@ def run_evaluation(
     run = {"benchmark": bench.name, "method": method.name, "model": lm.name, "model_identity": lm.identity, "hparams": hparams}
     run_file = out / "run.json"
     if run_file.exists():
-        import json
-
         before = json.loads(run_file.read_text())
         if {k: before.get(k) for k in run} != json.loads(json.dumps(run)):
             raise ModelEditError(

@@ -12,7 +12,7 @@ import torch
 from modeledit.errors import RequestError
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request, fill
-from modeledit.llm.tokens import encode_continuation, last_subject_token
+from modeledit.llm.tokens import encode_continuation, last_subject_token, pad_right
 
 
 @dataclass
@@ -61,15 +61,9 @@ def build_rows(
         seqs.append(ids)
         subj.append(s)
         kl_cols.append(len(ids) - 1)
-    width = max(map(len, seqs))
-    pad = lm.tokenizer.pad_token_id or 0
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
     dev = lm.device
+    ids, mask = pad_right(seqs, lm.tokenizer.pad_token_id, dev)
     L = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
     return Rows(
-        ids.to(dev), mask.to(dev), L(subj), len(templates), L(t_ids), L(t_rows), L(t_cols), len(t), L(kl_cols)
+        ids, mask, L(subj), len(templates), L(t_ids), L(t_rows), L(t_cols), len(t), L(kl_cols)
     )

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from modeledit.llm.model import LanguageModel
-from modeledit.llm.tokens import encode_continuation
+from modeledit.llm.tokens import encode_continuation, pad_right
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,16 @@ def score_continuations(
 ) -> list[Continuation]:
     """For each (prompt, answer): log P(answer | prompt), summed over the answer's tokens."""
     out: list[Continuation] = []
-    pad = lm.tokenizer.pad_token_id or 0
     for b in range(0, len(pairs), batch_size):
         enc = [encode_continuation(lm.tokenizer, p, a) for p, a in pairs[b : b + batch_size]]
         seqs = [p + t for p, t in enc]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
+        ids, mask = pad_right(seqs, lm.tokenizer.pad_token_id, lm.device)
         rows, cols, tgt, owner = [], [], [], []
-        for i, ((p, t), s) in enumerate(zip(enc, seqs)):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        for i, (p, t) in enumerate(enc):
             rows += [i] * len(t)
             cols += range(len(p) - 1, len(p) - 1 + len(t))
             tgt += t
             owner += [i] * len(t)
-        ids, mask = ids.to(lm.device), mask.to(lm.device)
         hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
         tok_lp = logp.gather(1, torch.tensor(tgt, device=lm.device)[:, None])[:, 0].cpu()

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from modeledit.llm.corpus import Corpus, resolve_corpus
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel, cache_dir
+from modeledit.llm.tokens import pad_right
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,8 @@ def collect_second_moments(
     dim = lm.layout.intermediate_size
     sums = {l: torch.zeros(dim, dim, dtype=torch.float64, device=lm.device) for l in layers}
     count, done = 0, 0
-    pad = lm.tokenizer.pad_token_id or 0
     for batch in _batches(seqs, cfg.batch_tokens):
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, s in enumerate(batch):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        ids, mask = pad_right(batch, lm.tokenizer.pad_token_id, lm.device)
         with Hooks(lm.model) as hooks:
             recs = {l: hooks.record(lm.layout.mlp_out[l], inputs=True, outputs=False) for l in layers}
             hooks.stop_after(lm.layout.mlp_out[layers[-1]])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from modeledit.errors import RequestError
 
 
@@ -31,3 +33,14 @@ def last_subject_token(tokenizer, text: str, subject_end: int) -> int:
                 return i
     # slow tokenizers: count the tokens of the text up to the subject's end
     return len(tokenizer(text[:subject_end])["input_ids"]) - 1
+
+
+def pad_right(seqs: list[list[int]], pad: int | None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token sequences, right-padded to the longest."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad or 0, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
