@@ -44,14 +44,23 @@ def _errors() -> Iterator[None]:
 
 @contextmanager
 def _bar(description: str, unit: str = "") -> Iterator:
+    """A progress callback ``(done, total)``; the bar appears at the first report, so work that turns out
+    to be cached shows no bar at all."""
     cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=err, transient=False) as progress:
-        task = progress.add_task(description, total=None)
+    shown: dict = {}
 
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+    def update(done: int, total: int) -> None:
+        if not shown:
+            shown["progress"] = Progress(*cols, console=err)
+            shown["progress"].start()
+            shown["task"] = shown["progress"].add_task(description, total=total)
+        shown["progress"].update(shown["task"], completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if shown:
+            shown["progress"].stop()
 
 
 def _load(model: str):
@@ -73,18 +82,7 @@ def _hparams(layer: Optional[int], stats_tokens: Optional[int], corpus: Optional
 
 
 CORPUS_HELP = "Text files for the key statistics, or dataset:NAME (default: the embedded Wikipedia leads)."
-
-
-def _prepare(method, lm) -> None:
-    """Per-model one-off work (statistics), with a progress bar when there is any."""
-    from modeledit.llm.stats import is_cached
-
-    hp = getattr(method, "hparams", None)
-    if hp is not None and getattr(hp, "mom2_adjustment", False) and not is_cached(lm, method.layers(lm), hp.stats):
-        with _bar(f"key statistics of layer(s) {method.layers(lm)} (once per model)", "tokens") as bar:
-            method.prepare(lm, bar)
-    else:
-        method.prepare(lm)
+STATS_BAR = "key statistics (once per model and layer)"
 
 
 def _show_edit(lm, request, patch, prompts: list[str], tokens: int) -> None:
@@ -129,7 +127,8 @@ def demo(
         lm = _load(model)
         req = Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
         method = get_method("rome")
-        _prepare(method, lm)
+        with _bar(STATS_BAR, "tokens") as bar:
+            method.prepare(lm, bar)
         with err.status("editing ..."):
             patch = method.edit(lm, req)
         prompts = [
@@ -166,7 +165,8 @@ def edit(
         req = Request(prompt, subject, target, target_true)
         m = get_method(method, **_hparams(layer, stats_tokens, corpus))
         lm = _load(model)
-        _prepare(m, lm)
+        with _bar(STATS_BAR, "tokens") as bar:
+            m.prepare(lm, bar)
         with err.status("editing ..."):
             patch = m.edit(lm, req)
         _show_edit(lm, req, patch, [req.text, *prompts], tokens)
@@ -194,9 +194,8 @@ def eval_counterfact(
     with _errors():
         m = get_method(method, **_hparams(layer, stats_tokens, corpus))
         lm = _load(model)
-        _prepare(m, lm)
-        with _bar("cases", "") as bar:
-            summary = evaluate(lm, data, out, method=m, limit=limit, gen_tokens=gen_tokens, progress=bar)
+        with _bar(STATS_BAR, "tokens") as sbar, _bar("cases", "") as bar:
+            summary = evaluate(lm, data, out, method=m, limit=limit, gen_tokens=gen_tokens, progress=bar, prepare_progress=sbar)
         table = Table(title=f"CounterFact, {summary['n']} cases, {summary['method']} on {summary['model']} (×100)")
         table.add_column("metric")
         table.add_column("unedited", justify="right")

@@ -129,8 +129,3 @@ def second_moments(
             out[l] = c.to(torch.float32)
     return out
 
-
-def is_cached(lm: LanguageModel, layers: Sequence[int], cfg: StatsConfig = StatsConfig()) -> bool:
-    corpus = resolve_corpus(cfg.corpus)
-    digest = lm.identity
-    return all(_cache_file(lm, digest, corpus, l, cfg).exists() for l in layers)
