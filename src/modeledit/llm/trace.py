@@ -1,0 +1,414 @@
+"""Causal tracing (Meng et al., NeurIPS 2022, §2): where in the network a fact is recalled.
+
+Run the prompt clean, then with Gaussian noise added to the subject's token embeddings (the corrupted
+run: the model no longer knows whom the prompt is about). Then, still corrupted, restore one state from
+the clean run — a block's output (hidden state), or a window of MLP or attention outputs around a layer —
+at one token, and measure how much of the answer's probability comes back. The noise is drawn once and
+shared by every restoration (as in the paper's code), so cells differ by the restoration alone.
+
+Every restoration is computed without recomputing what it cannot change:
+- layers below the lowest restored one are skipped: their output is the corrupted run's, fed in;
+- tokens before the first restored token are not recomputed: their keys and values are the corrupted
+  run's, handed in as a KV cache;
+- tokens before the subject are untouched by the noise, so restoring them changes nothing: their cells
+  are the corrupted probability (no forward pass);
+- restorations are batched with the noisy samples, in chunks chosen to waste the least compute.
+
+A multi-token answer is scored teacher-forced: its probability is the product of its tokens' probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from modeledit.errors import RequestError
+from modeledit.llm.hooks import Hooks
+from modeledit.llm.model import LanguageModel
+from modeledit.llm.request import fill, template_of
+from modeledit.llm.tokens import encode_continuation, token_span
+
+log = logging.getLogger(__name__)
+
+KINDS = ("hidden", "mlp", "attn")
+KIND_NAMES = {"hidden": "hidden state", "mlp": "MLP", "attn": "attention"}
+
+
+def default_window(n_layers: int) -> int:
+    """The paper's window of 10 layers for GPT-2 XL's 48, scaled to the model's depth (6 of 30)."""
+    return max(1, min(10, round(10 * n_layers / 48)))
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    samples: int = 10  # noisy runs averaged per cell
+    noise: float | None = None  # std of the noise; None: noise_factor × std of subject token embeddings
+    noise_factor: float = 3.0
+    window: int | None = None  # layers restored together for MLP / attention; None: default_window
+    seed: int = 1
+    max_batch_tokens: int = 16384  # tokens in one forward pass (memory cap)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise RequestError("samples", f"must be a positive integer, got {self.samples!r}")
+        if self.noise is not None and not (self.noise > 0 and self.noise < float("inf")):
+            raise RequestError("noise", f"must be a positive number, got {self.noise!r}")
+        if not (self.noise_factor > 0 and self.noise_factor < float("inf")):
+            raise RequestError("noise_factor", f"must be a positive number, got {self.noise_factor!r}")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+            raise RequestError("window", f"must be a positive integer, got {self.window!r}")
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Put back the clean outputs of ``kind`` modules at ``layers``, at ``tokens`` (input positions)."""
+
+    kind: str
+    layers: tuple[int, ...]
+    tokens: tuple[int, ...]
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> tuple[int, ...]:
+    """The layers restored together around ``layer``: [layer − w/2, layer + w/2), clipped."""
+    return tuple(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+
+
+# --------------------------------------------------------------------------------------------------
+# the prompt
+
+
+@dataclass(frozen=True)
+class TracePrompt:
+    text: str
+    subject: str
+    ids: tuple[int, ...]  # prompt tokens, then the target's tokens but its last (teacher forcing)
+    n_prompt: int
+    subject_span: tuple[int, int]  # prompt tokens [first, last + 1) of the subject
+    target: str
+    target_ids: tuple[int, ...]
+    labels: tuple[str, ...]  # one per prompt token
+
+    @property
+    def target_positions(self) -> list[int]:
+        """The positions whose logits predict the target's tokens."""
+        return list(range(self.n_prompt - 1, self.n_prompt - 1 + len(self.target_ids)))
+
+
+def prepare_prompt(lm: LanguageModel, prompt: str, subject: str, target: str | None = None) -> TracePrompt:
+    """Tokenise and check a prompt ('{}' template or subject written out) and its target. Without a
+    target, the model's own most likely next token is traced."""
+    text = fill(template_of(prompt, subject), subject)
+    start = template_of(prompt, subject).index("{}")
+    tok = lm.tokenizer
+    if target is None:
+        p = tok(text)["input_ids"]
+        with torch.no_grad():
+            h = lm.model.base_model(input_ids=torch.tensor([p], device=lm.device)).last_hidden_state
+        t = [int(lm.logits(h[0, -1]).argmax())]
+    else:
+        if not isinstance(target, str) or not target.strip():
+            raise RequestError("target", "is empty: give the answer to trace, e.g. ' Antarctica', or leave it out")
+        p, t = encode_continuation(tok, text, target)
+    limit = getattr(lm.config, "max_position_embeddings", None)
+    if limit and len(p) + len(t) - 1 > limit:
+        raise RequestError(
+            "prompt", f"the prompt and target are {len(p) + len(t) - 1} tokens, longer than the model's context of {limit}: shorten it"
+        )
+    span = token_span(tok, text, start, start + len(subject))
+    if span[1] > len(p):
+        raise RequestError("subject", f"{subject!r} must end before the prompt does")
+    labels = tuple(tok.decode([i]) for i in p)
+    return TracePrompt(text, subject, tuple(p + t[:-1]), len(p), span, tok.decode(t), tuple(t), labels)
+
+
+def subject_noise_level(lm: LanguageModel, subjects: Sequence[str] | None = None, factor: float = 3.0) -> float:
+    """``factor`` × the standard deviation of the model's input embeddings over the tokens of a set of
+    subjects (default: 1,000 titles of the embedded Wikipedia corpus), as the paper sets its noise."""
+    key = ("noise-std", lm.identity, None if subjects is None else tuple(subjects))
+    if key not in lm.memo:
+        if subjects is None:
+            from modeledit.llm.corpus import embedded_titles
+
+            subjects = embedded_titles(1000)
+        ids = [i for s in subjects for i in lm.tokenizer(s, add_special_tokens=False)["input_ids"]]
+        if not ids:
+            raise RequestError("subjects", "tokenise to nothing: give some subject names")
+        embed = lm.model.get_submodule(lm.layout.embed)
+        with torch.no_grad():
+            e = embed(torch.tensor([ids], device=lm.device)).float()
+        lm.memo[key] = float(e.std())
+    return factor * lm.memo[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# the clean and corrupted runs, and restorations
+
+
+class CausalTracer:
+    """The clean and corrupted runs of one prompt; ``probs`` scores restorations against them."""
+
+    overhead = 8  # cost of one forward pass beyond its tokens, in tokens per sample (measured, 2 CPU cores)
+
+    def __init__(self, lm: LanguageModel, prompt: TracePrompt, noise: float, config: TraceConfig = TraceConfig()):
+        self.lm, self.prompt, self.config = lm, prompt, config
+        self.noise_level = noise
+        layout, dev = lm.layout, lm.device
+        self.modules = {"hidden": layout.blocks, "mlp": layout.mlp, "attn": layout.attn}
+        self.ids = torch.tensor(prompt.ids, device=dev)
+        self.targets = torch.tensor(prompt.target_ids, device=dev)
+        n, T, H = config.samples, len(prompt.ids), layout.hidden_size
+        a, b = prompt.subject_span
+        g = torch.Generator().manual_seed(config.seed)
+        noise_t = torch.zeros((n, T, H))
+        noise_t[:, a:b] = torch.randn((n, b - a, H), generator=g) * noise
+        embed_dtype = lm.model.get_submodule(layout.embed).weight.dtype
+        self.noise = noise_t.to(dev, embed_dtype)
+        window = getattr(lm.config, "sliding_window", None)
+        # a sliding-window cache keeps only the last window of a prefix: cut prompts only when they fit
+        self.can_cut = not window or 2 * T < window
+
+        with torch.no_grad(), Hooks(lm.model) as hooks:
+            recs = {k: [hooks.record(m) for m in names] for k, names in self.modules.items()}
+            first = hooks.record(layout.blocks[0], keep_raw=True)
+            self.clean_prob = float(self._score(self._forward(self.ids[None], 0))[0])
+        self.clean = {k: [r.output[0].detach() for r in rs] for k, rs in recs.items()}
+        self.like = first.raw_output
+
+        with torch.no_grad(), Hooks(lm.model) as hooks:
+            blocks = [hooks.record(m) for m in layout.blocks]
+            hooks.edit_output(layout.embed, lambda e: e + self.noise.to(e.dtype))
+            out = lm.model.base_model(input_ids=self.ids.expand(n, T), use_cache=self.can_cut)
+            self.corrupted_prob = float(self._score(out.last_hidden_state).mean())
+        self.corrupted_hidden = [r.output.detach() for r in blocks]  # block outputs, (samples, T, H)
+        kv = out.past_key_values
+        self.kv = [(lay.keys.detach(), lay.values.detach()) for lay in kv.layers] if self.can_cut and kv is not None else None
+
+    # ---- pieces
+
+    def _forward(self, ids: torch.Tensor, t0: int, cache=None) -> torch.Tensor:
+        B, S = ids.shape
+        pos = torch.arange(t0, t0 + S, device=ids.device).expand(B, S)
+        mask = torch.ones((B, t0 + S), dtype=torch.long, device=ids.device)
+        return self.lm.model.base_model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=cache is not None
+        ).last_hidden_state
+
+    def _score(self, hidden: torch.Tensor, t0: int = 0) -> torch.Tensor:
+        """(batch,) probability of the whole target, teacher-forced, from final hidden states."""
+        cols = [c - t0 for c in self.prompt.target_positions]
+        logp = torch.log_softmax(self.lm.logits(hidden[:, cols]).float(), dim=-1)
+        return logp.gather(2, self.targets.expand(hidden.shape[0], -1)[..., None])[..., 0].sum(1).exp()
+
+    def _cache(self, t0: int, copies: int):
+        if t0 == 0 or self.kv is None:
+            return None
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.lm.model.config)
+        for i, (k, v) in enumerate(self.kv):
+            cache.update(k[:, :, :t0].repeat(copies, 1, 1, 1), v[:, :, :t0].repeat(copies, 1, 1, 1), i)
+        return cache
+
+    def _run_chunk(self, chunk: Sequence[Restore], start: int, t0: int) -> list[float]:
+        """Restorations that all start at layer ``start`` and touch no token before ``t0``."""
+        n, T = self.config.samples, len(self.prompt.ids)
+        S, B = T - t0, len(chunk) * n
+        dev = self.ids.device
+        with torch.no_grad(), Hooks(self.lm.model) as hooks:
+            if start == 0:
+                noise = self.noise[:, t0:].repeat(len(chunk), 1, 1)
+                hooks.edit_output(self.lm.layout.embed, lambda e: e + noise.to(e.dtype))
+            else:
+                for i in range(start):
+                    hooks.skip(self.lm.layout.blocks[i], like=self.like)
+                h_in = self.corrupted_hidden[start - 1][:, t0:].repeat(len(chunk), 1, 1)
+                hooks.replace_input(self.lm.layout.blocks[start], h_in)
+            by_module: dict[tuple[str, int], torch.Tensor] = {}
+            for c, r in enumerate(chunk):
+                for layer in r.layers:
+                    m = by_module.setdefault((r.kind, layer), torch.zeros((len(chunk), S), dtype=torch.bool, device=dev))
+                    m[c, [t - t0 for t in r.tokens]] = True
+            for (kind, layer), m in by_module.items():
+                mask = m.repeat_interleave(n, 0)[..., None]
+                clean = self.clean[kind][layer][t0:]
+                hooks.edit_output(self.modules[kind][layer], _restorer(mask, clean))
+            hidden = self._forward(self.ids[t0:].expand(B, S), t0, self._cache(t0, len(chunk)))
+            return self._score(hidden, t0).view(len(chunk), n).mean(1).tolist()
+
+    # ---- the public part
+
+    def probs(self, restorations: Sequence[Restore], progress: Callable[[int, int], None] | None = None) -> list[float]:
+        """The answer's probability (mean over the noisy samples) under each restoration."""
+        L, T = self.lm.layout.n_layers, len(self.prompt.ids)
+        first_noisy = self.prompt.subject_span[0]
+        out: list[float | None] = [None] * len(restorations)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(restorations):
+            if r.kind not in KINDS:
+                raise RequestError("kind", f"{r.kind!r} is not one of {', '.join(KINDS)}")
+            if any(not 0 <= layer < L for layer in r.layers) or any(not 0 <= t < self.prompt.n_prompt for t in r.tokens):
+                raise RequestError("restore", f"{r} names a layer outside 0..{L - 1} or a token outside the prompt")
+            if r.tokens and r.layers and max(r.tokens) < first_noisy:
+                out[i] = self.corrupted_prob  # clean and corrupted states agree before the subject
+            else:
+                groups.setdefault(min(r.layers, default=0), []).append(i)
+        plan = []
+        for start, idx in sorted(groups.items()):
+            idx.sort(key=lambda i: self._first_token(restorations[i]))
+            plan += [(start, chunk) for chunk in self._chunks(idx, restorations)]
+        done = 0
+        for start, chunk in plan:
+            t0 = self._first_token(restorations[chunk[0]])
+            for i, p in zip(chunk, self._run_chunk([restorations[i] for i in chunk], start, t0)):
+                out[i] = p
+            done += len(chunk)
+            if progress:
+                progress(done, len(restorations))
+        return out  # type: ignore[return-value]
+
+    def _first_token(self, r: Restore) -> int:
+        return min(r.tokens, default=0) if self.can_cut else 0
+
+    def _chunks(self, idx: list[int], restorations: Sequence[Restore]) -> list[list[int]]:
+        """Split restorations sorted by first token into consecutive chunks, minimising the tokens
+        computed (each chunk runs from its first restored token) plus a per-pass overhead, within the
+        batch cap. Dynamic programming over the split points."""
+        n, T = self.config.samples, len(self.prompt.ids)
+        overhead = self.overhead * n  # per forward pass, in token-equivalents
+        t0 = [self._first_token(restorations[i]) for i in idx]
+        best = [0.0] + [float("inf")] * len(idx)
+        cut = [0] * (len(idx) + 1)
+        for j in range(1, len(idx) + 1):
+            for i in range(j - 1, -1, -1):
+                tokens = (j - i) * n * (T - t0[i])
+                if tokens > self.config.max_batch_tokens and j - i > 1:
+                    break
+                cost = best[i] + tokens + overhead
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        chunks, j = [], len(idx)
+        while j > 0:
+            chunks.append(idx[cut[j] : j])
+            j = cut[j]
+        return chunks[::-1]
+
+
+def _restorer(mask: torch.Tensor, clean: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda out: torch.where(mask, clean.to(out.dtype), out)
+
+
+# --------------------------------------------------------------------------------------------------
+# one trace: three sweeps
+
+
+@dataclass
+class TraceResult:
+    model: str
+    prompt: str
+    subject: str
+    target: str
+    tokens: list[str]
+    subject_span: tuple[int, int]
+    rows: list[int]  # the prompt tokens traced (rows of the grids)
+    clean_prob: float
+    corrupted_prob: float
+    noise: float
+    samples: int
+    window: int
+    predicted: bool  # whether the model's greedy continuation is the target
+    prediction: str  # the model's greedy continuation, as many tokens as the target
+    grids: dict[str, list[list[float]]] = field(default_factory=dict)  # kind -> rows x layers
+    seconds: float = 0.0
+
+    def strongest(self, kind: str) -> dict:
+        """The (token, layer) whose restoration brings back the most probability."""
+        g = torch.tensor(self.grids[kind])
+        r, layer = divmod(int(g.argmax()), g.shape[1])
+        t = self.rows[r]
+        return {"token": t, "token_text": self.tokens[t], "layer": layer, "prob": float(g[r, layer]),
+                "indirect_effect": float(g[r, layer]) - self.corrupted_prob}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["strongest"] = {k: self.strongest(k) for k in self.grids}
+        return d
+
+
+def greedy_prediction(lm: LanguageModel, prompt: TracePrompt) -> tuple[bool, str]:
+    """Whether the target is the model's greedy continuation, and that continuation (target-long)."""
+    with torch.no_grad():
+        h = lm.model.base_model(input_ids=torch.tensor([prompt.ids], device=lm.device)).last_hidden_state
+        top = lm.logits(h[0, prompt.target_positions]).argmax(-1).tolist()
+    ok = top == list(prompt.target_ids)
+    if ok:
+        return True, prompt.target
+    # the greedy continuation: follow the model's own tokens, not the target's
+    ids = list(prompt.ids[: prompt.n_prompt])
+    for _ in prompt.target_ids:
+        with torch.no_grad():
+            h = lm.model.base_model(input_ids=torch.tensor([ids], device=lm.device)).last_hidden_state
+        ids.append(int(lm.logits(h[0, -1]).argmax()))
+    return False, lm.tokenizer.decode(ids[prompt.n_prompt :])
+
+
+def trace(
+    lm: LanguageModel,
+    prompt: str,
+    subject: str,
+    target: str | None = None,
+    config: TraceConfig = TraceConfig(),
+    *,
+    kinds: Sequence[str] = KINDS,
+    rows: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TraceResult:
+    """Trace one fact: for each kind, the answer's probability after restoring each (token, layer).
+    ``rows`` limits the tokens traced (default: every prompt token)."""
+    t_start = time.perf_counter()
+    tp = prepare_prompt(lm, prompt, subject, target)
+    predicted, prediction = greedy_prediction(lm, tp)
+    if not predicted:
+        log.info("the model does not predict %r after %r (its greedy continuation is %r); tracing %r anyway",
+                    tp.target, tp.text, prediction, tp.target)
+    noise = config.noise if config.noise is not None else subject_noise_level(lm, factor=config.noise_factor)
+    L = lm.layout.n_layers
+    window = config.window or default_window(L)
+    rows = list(range(tp.n_prompt)) if rows is None else sorted(set(rows))
+    if any(not 0 <= r < tp.n_prompt for r in rows):
+        raise RequestError("rows", f"token positions must lie in 0..{tp.n_prompt - 1}")
+    tracer = CausalTracer(lm, tp, noise, config)
+    restorations = []
+    for kind in kinds:
+        if kind not in KINDS:
+            raise RequestError("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+        for t in rows:
+            for layer in range(L):
+                layers = (layer,) if kind == "hidden" else window_layers(layer, window, L)
+                restorations.append(Restore(kind, layers, (t,)))
+    probs = tracer.probs(restorations, progress)
+    grids, k = {}, 0
+    for kind in kinds:
+        grids[kind] = [probs[k + r * L : k + (r + 1) * L] for r in range(len(rows))]
+        k += len(rows) * L
+    return TraceResult(
+        model=lm.name,
+        prompt=tp.text,
+        subject=subject,
+        target=tp.target,
+        tokens=list(tp.labels),
+        subject_span=tp.subject_span,
+        rows=rows,
+        clean_prob=tracer.clean_prob,
+        corrupted_prob=tracer.corrupted_prob,
+        noise=noise,
+        samples=config.samples,
+        window=window,
+        predicted=predicted,
+        prediction=prediction,
+        grids=grids,
+        seconds=time.perf_counter() - t_start,
+    )
