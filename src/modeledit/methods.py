@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from modeledit.classifier.enn import ENN
 from modeledit.errors import RequestError
 from modeledit.llm.rome import ROME
 
@@ -20,7 +21,7 @@ class Method(Protocol):
     def edit(self, model: Any, request: Any, progress: Any = None) -> Any: ...
 
 
-METHODS = MappingProxyType({"rome": ROME})
+METHODS = MappingProxyType({"rome": ROME, "enn": ENN})
 
 
 def get_method(name: str, **hparams: Any) -> Method:
