@@ -7,7 +7,7 @@ random other classes, each from the unedited model) to both, and a sequence of e
 - success rate within 10 steps (target ≥ 99%), mean steps, drawdown of each and their ratio (target ≥ 3×);
 - training minutes (target < 30) and seconds per edit (target < 0.05).
 
-    python benchmarks/enn_fashion_mnist.py [--epochs 6] [--edits 1000] [--sequential 50] [--out runs/bench-enn]
+    python benchmarks/enn_fashion_mnist.py [--epochs 20] [--edits 1000] [--sequential 50] [--out runs/bench-enn]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from modeledit.classifier.train import TrainConfig
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--edits", type=int, default=1000)
     ap.add_argument("--sequential", type=int, default=50)
     ap.add_argument("--out", default="runs/bench-enn")

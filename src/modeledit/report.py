@@ -89,6 +89,22 @@ def start_run(out_dir: str | Path, run: dict[str, Any]) -> Path:
     return out
 
 
+def read_json_list(path: str | Path, what: str, example: str) -> list[Any]:
+    """A data file holding a non-empty JSON list, or a DataError saying what was expected."""
+    from modeledit.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no {what} file at {path}: pass --data with {example}")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(records, list) or not records:
+        raise DataError(f"{path} should hold a JSON list of {what} records")
+    return records
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)

@@ -243,7 +243,7 @@ class CausalTracer:
 
     def probs(self, restorations: Sequence[Restore], progress: Callable[[int, int], None] | None = None) -> list[float]:
         """The answer's probability (mean over the noisy samples) under each restoration."""
-        L, T = self.lm.layout.n_layers, len(self.prompt.ids)
+        L = self.lm.layout.n_layers
         first_noisy = self.prompt.subject_span[0]
         out: list[float | None] = [None] * len(restorations)
         groups: dict[int, list[int]] = {}

@@ -9,7 +9,6 @@ to ``cases.jsonl`` (facts the model does not know are recorded too), so an inter
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from modeledit.errors import DataError
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.tokens import encode_continuation, pad_right
 from modeledit.llm.trace import KINDS, TraceConfig, default_window, prepare_prompt, subject_noise_level, trace
-from modeledit.report import CaseLog, mean, start_run, write_json
+from modeledit.report import CaseLog, mean, read_json_list, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +35,7 @@ class KnownFact:
 
 def load_known(path: str | Path) -> list[KnownFact]:
     """Facts in ROME's known_1000 format: ``known_id``, ``prompt``, ``subject``, ``attribute``."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist: give ROME's known_1000.json (or a file of that format)")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not JSON: {exc}") from exc
-    if not isinstance(rows, list) or not rows:
-        raise DataError(f"{path} holds no list of facts")
+    rows = read_json_list(path, "known-facts", "ROME's known_1000.json (e.g. ../shared/data/known_1000.json)")
     facts = []
     for i, r in enumerate(rows):
         missing = [k for k in ("prompt", "subject", "attribute") if not isinstance(r, dict) or not r.get(k)]

@@ -12,7 +12,6 @@ generation prompts: its rewrite and rephrase prompts are used for GE instead.
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from modeledit.errors import DataError, ModelEditError
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
 from modeledit.llm.score import ngram_entropy, score_continuations
+from modeledit.report import read_json_list
 from modeledit.report import harmonic_mean, mean
 
 METRICS = (
@@ -74,15 +74,7 @@ def _case(i: int, rec: dict[str, Any]) -> CounterFactCase:
 
 def load_counterfact(path: str | Path, limit: int | None = None) -> list[CounterFactCase]:
     """Read CounterFact cases, the long (original) or the short form, keeping the file's order."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no CounterFact file at {path}: pass --data with a counterfact JSON file (e.g. ../shared/data/counterfact-val.json)")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(records, list):
-        raise DataError(f"{path} should hold a JSON list of CounterFact cases")
+    records = read_json_list(path, "CounterFact", "a counterfact JSON file (e.g. ../shared/data/counterfact-val.json)")
     cases = []
     for i, rec in enumerate(records[:limit] if limit else records):
         try:
