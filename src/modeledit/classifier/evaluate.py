@@ -53,6 +53,16 @@ class TestError:
         return wrong / len(self.test)
 
 
+def _edit_and_measure(clf: Classifier, method: Any, split: Split, i: int, label: int, error: TestError) -> tuple[dict, float | None]:
+    """One edit from the unedited model: its info, and the error with it applied (None if it failed)."""
+    patch = method.edit(clf, ClassifierRequest(split.images[i], label))
+    info = patch.entries[0].info
+    if not info["success"]:
+        return info, None
+    with patch.applied(clf.module):
+        return info, error()
+
+
 def evaluate_edits(
     clf: Classifier,
     method: Any,
@@ -69,12 +79,7 @@ def evaluate_edits(
     for e, (i, label) in enumerate(edits):
         if e in caselog.done:
             continue
-        patch = method.edit(clf, ClassifierRequest(test.images[i], label))
-        info = patch.entries[0].info
-        after = None
-        if info["success"]:
-            with patch.applied(clf.module):
-                after = error()
+        info, after = _edit_and_measure(clf, method, test, i, label, error)
         caselog.write({"edit_id": e, "index": i, "label": label, "success": info["success"], "steps": info["gradient_steps"],
                        "loss_last": info["loss_last"], "seconds": info["seconds"], "error_after": after})
         done += 1
@@ -132,14 +137,9 @@ def tune_edit_lr(
     table = []
     for lr in grid:
         method = method_cls(lr=lr, max_steps=max_steps)
-        ok, drawdowns = 0, []
-        for i, label in edits:
-            patch = method.edit(clf, ClassifierRequest(held_out.images[i], label))
-            if patch.entries[0].info["success"]:
-                ok += 1
-                with patch.applied(clf.module):
-                    drawdowns.append(error() - base)
-        table.append({"lr": lr, "success_rate": ok / len(edits), "drawdown": mean(drawdowns)})
+        after = [_edit_and_measure(clf, method, held_out, i, label, error)[1] for i, label in edits]
+        done = [a for a in after if a is not None]
+        table.append({"lr": lr, "success_rate": len(done) / len(edits), "drawdown": mean(a - base for a in done)})
     good = [r for r in table if r["success_rate"] >= 0.99]
     best = min(good, key=lambda r: r["drawdown"]) if good else max(table, key=lambda r: r["success_rate"])
     return best["lr"], table

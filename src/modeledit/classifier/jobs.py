@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 HELD_OUT = 5000  # training images kept out of training, to tune the baseline editor's step size
 
 
-def _fit(data_name: str, config: TrainConfig, progress: Callable | None) -> tuple[Classifier, Split]:
+def _fit(data_name: str, config: TrainConfig, progress: Callable | None) -> Classifier:
     data = load_data(data_name)
     n_train = len(data.train) - min(HELD_OUT, len(data.train) // 10)
     train_split = Split(data.train.images[:n_train], data.train.labels[:n_train])
@@ -33,7 +33,14 @@ def _fit(data_name: str, config: TrainConfig, progress: Callable | None) -> tupl
     n_batches = -(-n_train // config.batch_size)
     train(clf, loader_batches(train_split.images, train_split.labels, config.batch_size, config.seed), config, progress, n_batches)
     clf.info.update(data=data_name, test_error=clf.error(data.test.images, data.test.labels), n_train=n_train)
-    return clf, held_out
+    if not config.editable:  # the fine-tuning editor's step size, tuned on images kept out of training
+        clf.edit_lr, clf.info["edit_lr_tuning"] = tune_edit_lr(clf, ENN, held_out)
+    return clf
+
+
+def _written(clf: Classifier, path: Path) -> dict[str, Any]:
+    return {"model": str(path), "test_error": clf.info["test_error"], "seconds": clf.info["training"]["seconds"],
+            "edit_lr": clf.edit_lr}
 
 
 def train_job(
@@ -45,21 +52,14 @@ def train_job(
     out = Path(out)
     config = config or TrainConfig()
     cfg = TrainConfig(**{**asdict(config), "editable": editable})
-    clf, held_out = _fit(data, cfg, progress("editable training" if editable else "training") if progress else None)
-    if not editable:
-        clf.edit_lr, table = tune_edit_lr(clf, ENN, held_out)
-        clf.info["edit_lr_tuning"] = table
+    clf = _fit(data, cfg, progress("editable training" if editable else "training") if progress else None)
     clf.save(out)
-    written = {"model": str(out), "test_error": clf.info["test_error"], "seconds": clf.info["training"]["seconds"],
-               "edit_lr": clf.edit_lr}
+    written = _written(clf, out)
     if editable and baseline:
         base_cfg = TrainConfig(**{**asdict(config), "editable": False})
-        base, held_out = _fit(data, base_cfg, progress("baseline training") if progress else None)
-        base.edit_lr, table = tune_edit_lr(base, ENN, held_out)
-        base.info["edit_lr_tuning"] = table
+        base = _fit(data, base_cfg, progress("baseline training") if progress else None)
         base.save(out / "baseline")
-        written["baseline"] = {"model": str(out / "baseline"), "test_error": base.info["test_error"],
-                               "seconds": base.info["training"]["seconds"], "edit_lr": base.edit_lr}
+        written["baseline"] = _written(base, out / "baseline")
     write_json(out / "train.json", written)
     return written
 

@@ -86,7 +86,7 @@ class Classifier:
                           for i in range(0, len(images), batch_size)])
 
     def error(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        return float((self.predict(images) != labels).float().mean())
+        return int((self.predict(images) != labels).sum()) / len(labels)  # exact count, not a float32 mean
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)

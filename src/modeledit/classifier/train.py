@@ -121,7 +121,7 @@ def train(
         log.info("epoch %d: %s", epoch, record)
     module.eval()
     if config.editable:
-        clf.edit_lr = float(log_lr.exp())
+        clf.edit_lr = float(log_lr.detach().exp())
     clf.info.update(training={**asdict(config), "seconds": time.perf_counter() - t0, "history": history})
     return clf.info["training"]
 

@@ -101,8 +101,8 @@ class TracePrompt:
 def prepare_prompt(lm: LanguageModel, prompt: str, subject: str, target: str | None = None) -> TracePrompt:
     """Tokenise and check a prompt ('{}' template or subject written out) and its target. Without a
     target, the model's own most likely next token is traced."""
-    text = fill(template_of(prompt, subject), subject)
-    start = template_of(prompt, subject).index("{}")
+    template = template_of(prompt, subject)
+    text, start = fill(template, subject), template.index("{}")
     tok = lm.tokenizer
     if target is None:
         p = tok(text)["input_ids"]
@@ -343,16 +343,10 @@ def greedy_prediction(lm: LanguageModel, prompt: TracePrompt) -> tuple[bool, str
     with torch.no_grad():
         h = lm.model.base_model(input_ids=torch.tensor([prompt.ids], device=lm.device)).last_hidden_state
         top = lm.logits(h[0, prompt.target_positions]).argmax(-1).tolist()
-    ok = top == list(prompt.target_ids)
-    if ok:
+    if top == list(prompt.target_ids):
         return True, prompt.target
-    # the greedy continuation: follow the model's own tokens, not the target's
-    ids = list(prompt.ids[: prompt.n_prompt])
-    for _ in prompt.target_ids:
-        with torch.no_grad():
-            h = lm.model.base_model(input_ids=torch.tensor([ids], device=lm.device)).last_hidden_state
-        ids.append(int(lm.logits(h[0, -1]).argmax()))
-    return False, lm.tokenizer.decode(ids[prompt.n_prompt :])
+    # the greedy continuation: the model's own tokens, not the target's
+    return False, lm.generate(prompt.text, len(prompt.target_ids))
 
 
 def trace(
