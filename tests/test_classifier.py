@@ -9,7 +9,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from modeledit import RequestError
-from modeledit.classifier.data import Split
+from modeledit.images import Split
 from modeledit.classifier.enn import ENN, ClassifierRequest, edit_loss
 from modeledit.classifier.evaluate import evaluate_edits, evaluate_sequence, random_edits
 from modeledit.classifier.model import Classifier, build, load_classifier
@@ -22,7 +22,7 @@ from conftest import same_state, state_bytes
 
 @pytest.fixture(scope="session")
 def fashion():
-    from modeledit.classifier.data import load_fashion_mnist
+    from modeledit.images import load_fashion_mnist
     from modeledit.errors import DataError
 
     try:

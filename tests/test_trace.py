@@ -62,6 +62,20 @@ def test_the_fast_sweeps_equal_one_full_pass_per_restoration(tiny_factory, famil
     assert tracer.probs(rs) == pytest.approx(slow, rel=1e-4, abs=1e-9)
 
 
+def test_bfloat16_sweeps_stay_close_to_float32_ones(tiny_factory):
+    lm = tiny_factory("llama")
+    tp = prepare_prompt(lm, PROMPT, SUBJECT, " Paris")
+    L = lm.layout.n_layers
+    rs = [Restore("hidden", (layer,), (t,)) for layer in range(L) for t in range(tp.n_prompt)]
+    exact = CausalTracer(lm, tp, noise=1.5, config=TraceConfig(samples=4)).probs(rs)
+    fast = CausalTracer(lm, tp, noise=1.5, config=TraceConfig(samples=4, precision="bfloat16")).probs(rs)
+    assert fast != exact  # autocast is really on
+    assert fast == pytest.approx(exact, rel=0.05, abs=1e-3)
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())  # the weights are not cast
+    with pytest.raises(RequestError, match="precision"):
+        TraceConfig(precision="fp8")
+
+
 def test_tokens_before_the_subject_are_not_touched_by_the_noise(tiny_factory):
     lm = tiny_factory("llama")
     tp, tracer = _tracer(lm)

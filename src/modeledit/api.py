@@ -16,7 +16,10 @@ from modeledit.llm.request import Request
 from modeledit.methods import get_method, list_methods
 from modeledit.patch import Patch
 
-__all__ = ["edit", "evaluate", "get_method", "list_methods", "load_model", "trace", "trace_facts"]
+__all__ = ["edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_judge", "load_model",
+           "trace", "trace_facts"]
+
+JUDGE = Path(__file__).resolve().parent / "weights" / "fashion-judge"
 
 
 def edit(lm: LanguageModel, request: Request, method: str | Any = "rome", progress: Callable | None = None, **hparams: Any) -> Patch:
@@ -107,3 +110,34 @@ def trace_facts(
         )
         aggregate["layer_file"] = str(store_layer(lm, layer, reason, source=str(Path(out_dir).resolve())))
     return aggregate
+
+
+def load_diffusion(name: str | Path | None = None, device: str = "cpu"):
+    """A diffusion model: the embedded text-conditioned 'tiny-fashion' (default), a diffusers directory or hub name."""
+    from modeledit.diffusion.model import load_diffusion as load
+
+    return load(name, device)
+
+
+def inpaint(model, images, keep, prompt: str | None = None, *, seed: int = 0, progress: Callable[[int, int], None] | None = None,
+            **hparams: Any):
+    """RePaint: ``images`` (B, C, H, W) in [0, 1], ``keep`` (B or 1, 1, H, W) True = keep. Returns the images."""
+    import torch
+
+    from modeledit.diffusion.request import InpaintRequest
+
+    return get_method("repaint", **hparams).edit(model, InpaintRequest(images, keep, prompt), progress, torch.Generator().manual_seed(seed))
+
+
+def imagic(model, image, prompt: str, *, seed: int = 0, progress: Callable | None = None, **hparams: Any):
+    """Imagic stages A and B on one image (1, C, H, W) in [0, 1]; ``.generate(model, alphas)`` gives stage C."""
+    from modeledit.diffusion.request import ImagicRequest
+
+    return get_method("imagic", **hparams).edit(model, ImagicRequest(image, prompt), progress, seed=seed)
+
+
+def load_judge():
+    """The committed Fashion-MNIST classifier that scores diffusion edits offline (``scripts/train_judge.py``)."""
+    from modeledit.classifier.model import load_classifier
+
+    return load_classifier(JUDGE)

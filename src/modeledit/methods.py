@@ -6,12 +6,16 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from modeledit.classifier.enn import ENN
+from modeledit.diffusion.imagic import Imagic
+from modeledit.diffusion.repaint import RePaint
 from modeledit.errors import RequestError
 from modeledit.llm.rome import ROME
 
 
 class Method(Protocol):
-    """A method has typed hyper-parameters, may prepare per-model caches, and turns a request into a Patch."""
+    """A method has typed hyper-parameters, may prepare per-model caches, and turns a request into a Patch
+    (ROME, ENN), an edit holding one (Imagic: UNet deltas and embeddings), or, changing no weight, the
+    edited output itself (RePaint: images)."""
 
     name: str
     hparams: Any
@@ -21,7 +25,7 @@ class Method(Protocol):
     def edit(self, model: Any, request: Any, progress: Any = None) -> Any: ...
 
 
-METHODS = MappingProxyType({"rome": ROME, "enn": ENN})
+METHODS = MappingProxyType({"rome": ROME, "enn": ENN, "repaint": RePaint, "imagic": Imagic})
 
 
 def get_method(name: str, **hparams: Any) -> Method:

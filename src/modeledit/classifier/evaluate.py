@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from modeledit.classifier.data import Split
+from modeledit.images import Split
 from modeledit.classifier.enn import ClassifierRequest
 from modeledit.classifier.model import Classifier
 from modeledit.report import CaseLog, mean, peak_rss_mb

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from modeledit.classifier.data import Split, load_data
+from modeledit.images import Split, load_data
 from modeledit.classifier.enn import ENN
 from modeledit.classifier.evaluate import evaluate_edits, evaluate_sequence, random_edits, tune_edit_lr
 from modeledit.classifier.model import Classifier, build, load_classifier

@@ -51,6 +51,9 @@ class TraceConfig:
     window: int | None = None  # layers restored together for MLP / attention; None: default_window
     seed: int = 1
     max_batch_tokens: int = 16384  # tokens in one forward pass (memory cap)
+    # "bfloat16" runs the passes under autocast: on CPUs with AMX (and GPUs) much faster; probabilities
+    # then differ from float32 ones by a few thousandths (benchmarks/trace_smollm2.py prints both)
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.samples, int) or self.samples < 1:
@@ -61,6 +64,8 @@ class TraceConfig:
             raise RequestError("noise_factor", f"must be a positive number, got {self.noise_factor!r}")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
             raise RequestError("window", f"must be a positive integer, got {self.window!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise RequestError("precision", f"must be 'float32' or 'bfloat16', got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -171,14 +176,14 @@ class CausalTracer:
         # a sliding-window cache keeps only the last window of a prefix: cut prompts only when they fit
         self.can_cut = not window or 2 * T < window
 
-        with torch.no_grad(), Hooks(lm.model) as hooks:
+        with torch.no_grad(), self._autocast(), Hooks(lm.model) as hooks:
             recs = {k: [hooks.record(m) for m in names] for k, names in self.modules.items()}
             first = hooks.record(layout.blocks[0], keep_raw=True)
             self.clean_prob = float(self._score(self._forward(self.ids[None], 0))[0])
         self.clean = {k: [r.output[0].detach() for r in rs] for k, rs in recs.items()}
         self.like = first.raw_output
 
-        with torch.no_grad(), Hooks(lm.model) as hooks:
+        with torch.no_grad(), self._autocast(), Hooks(lm.model) as hooks:
             blocks = [hooks.record(m) for m in layout.blocks]
             hooks.edit_output(layout.embed, lambda e: e + self.noise.to(e.dtype))
             out = lm.model.base_model(input_ids=self.ids.expand(n, T), use_cache=self.can_cut)
@@ -188,6 +193,9 @@ class CausalTracer:
         self.kv = [(lay.keys.detach(), lay.values.detach()) for lay in kv.layers] if self.can_cut and kv is not None else None
 
     # ---- pieces
+
+    def _autocast(self):
+        return torch.autocast(self.ids.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16")
 
     def _forward(self, ids: torch.Tensor, t0: int, cache=None) -> torch.Tensor:
         B, S = ids.shape
@@ -218,7 +226,7 @@ class CausalTracer:
         n, T = self.config.samples, len(self.prompt.ids)
         S, B = T - t0, len(chunk) * n
         dev = self.ids.device
-        with torch.no_grad(), Hooks(self.lm.model) as hooks:
+        with torch.no_grad(), self._autocast(), Hooks(self.lm.model) as hooks:
             if start == 0:
                 noise = self.noise[:, t0:].repeat(len(chunk), 1, 1)
                 hooks.edit_output(self.lm.layout.embed, lambda e: e + noise.to(e.dtype))

