@@ -6,8 +6,9 @@ repaint  200 test images, lower half masked: max |output − input| outside the 
 imagic   50 test images, each edited toward a random other class's caption: the judge's probability of
          the target class per α, success (judge's argmax = target) at the chosen α, and the pixel MSE to
          the source beside that of a fresh sample of the target class (same seed). Resumable.
+         `--imagic-split train` runs it on training images instead: where α and settings are chosen.
 speed    RePaint on one pixel UNet2DModel and schedule: modeledit vs diffusers' RePaintPipeline at batch 1,
-         and a batch of 16 vs 16 single runs; ratios from one run, side by side.
+         and a batch of 16 vs 16 single runs (that UNet and the embedded model); ratios from one run, side by side.
 
     python benchmarks/diffusion_fashion.py [--part repaint|imagic|speed|all] [--out runs/bench-diffusion]
 """
@@ -73,17 +74,18 @@ def part_imagic(args, model, judge, data, out: Path) -> dict:
     given = dict(embed_steps=args.embed_steps, tune_steps=args.tune_steps, tune_lr=args.tune_lr, batch=args.imagic_batch, alpha=args.alpha)
     hp = ImagicHyperParams(**{**model.recommended.get("imagic", {}), **{k: v for k, v in given.items() if v is not None}})
     alphas = sorted(set(args.alphas) | {hp.alpha})
-    run = {"kind": "imagic-bench", "hparams": hp.__dict__, "alphas": alphas, "images": args.imagic_images}
+    split = getattr(data, args.imagic_split)  # "train" images to choose settings on, "test" to report
+    run = {"kind": "imagic-bench", "hparams": hp.__dict__, "alphas": alphas, "images": args.imagic_images, "split": args.imagic_split}
     d = start_run(out / "imagic", run)
     cases = CaseLog(d / "cases.jsonl", key="index")
     rng = random.Random(0)
-    plan = [(i, int(data.test.labels[i]), (int(data.test.labels[i]) + rng.randrange(1, 10)) % 10) for i in range(args.imagic_images)]
+    plan = [(i, int(split.labels[i]), (int(split.labels[i]) + rng.randrange(1, 10)) % 10) for i in range(args.imagic_images)]
     classes = model.classes
     examples = []
     for i, src, tgt in plan:
         if i in cases.done:
             continue
-        image = data.test.images[i : i + 1]
+        image = split.images[i : i + 1]
         prompt = default_prompt(classes[tgt])
         t0 = time.perf_counter()
         edit = Imagic(**hp.__dict__).edit(model, ImagicRequest(image, prompt), seed=i)
@@ -154,6 +156,22 @@ def part_speed(args, out: Path) -> dict:
     print(f"  {res['unet_calls']} UNet calls, {size}×{size}: modeledit {t_ours:.2f} s, diffusers RePaintPipeline {t_theirs:.2f} s "
           f"→ {res['speedup_vs_diffusers']:.2f}x (target ≥ 1); batch of 16 {t_batch:.2f} s = "
           f"{res['batch16_over_16_singles']:.3f} of 16 single runs (target < 0.2)")
+    # the same batch ratio on the embedded model (28×28, unconditional fill)
+    tiny = me.load_diffusion()
+    x28 = torch.rand((1, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    keep28 = torch.ones((1, 1, 28, 28), dtype=torch.bool)
+    keep28[..., 14:, :] = False
+
+    def embedded(batch: int) -> float:
+        t0 = time.perf_counter()
+        RePaint(**hp).edit(tiny, InpaintRequest(x28.expand(batch, -1, -1, -1), keep28), generator=torch.Generator().manual_seed(0))
+        return time.perf_counter() - t0
+
+    embedded(1)
+    e1 = min(embedded(1) for _ in range(args.repeats))
+    e16 = min(embedded(16) for _ in range(args.repeats))
+    res.update({"embedded_batch1_s": e1, "embedded_batch16_s": e16, "embedded_batch16_over_16_singles": e16 / (16 * e1)})
+    print(f"  embedded model, 28×28: batch 1 {e1:.2f} s, batch of 16 {e16:.2f} s = {e16 / (16 * e1):.3f} of 16 single runs")
     return res
 
 
@@ -170,6 +188,7 @@ def main() -> None:
     ap.add_argument("--tune-lr", type=float)
     ap.add_argument("--imagic-batch", type=int)
     ap.add_argument("--alpha", type=float)
+    ap.add_argument("--imagic-split", choices=["test", "train"], default="test")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.4, 0.6, 0.8, 1.0, 1.2])
     ap.add_argument("--speed-steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)

@@ -161,6 +161,10 @@ def test_imagic_on_a_latent_pipeline_is_reproducible_and_leaves_the_model_as_it_
     imgs1, imgs2 = e1.generate(latent, [0.0, 1.0], seed=3), e2.generate(latent, [0.0, 1.0], seed=3)
     assert imgs1.shape == (2, 3, 32, 32) and torch.equal(imgs1, imgs2) and not torch.equal(imgs1[0], imgs1[1])
     assert same_state(latent.unet, before)  # generating applied the fine-tuning and reverted it
+    # one sweep is one batch from one starting noise: each α's image is the one a run of that α alone gives
+    alone = e1.generate(latent, 1.0, seed=3)
+    assert torch.allclose(alone[0], imgs1[1], atol=1e-4)
+    assert not torch.allclose(e1.generate(latent, 1.0, seed=4)[0], imgs1[1], atol=1e-2)  # another seed, another noise
     with e1.patch.applied(latent.unet):
         assert not same_state(latent.unet, before)
 
@@ -309,7 +313,8 @@ def test_cli_samples_inpaints_and_edits_with_the_embedded_model(tmp_path):
                                  "--tune-steps", "2", "--sweep", "0", "--sweep", "1", "--out", str(tmp_path / "im")])
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "im" / "imagic.json").read_text())
-    assert s["alphas"] == [0.0, 1.0] and s["hparams"]["tune_lr"] == 1e-4  # the model's recommended rate, not the paper's 1e-6
+    # the model's recommended rate and α (not the paper's 1e-6 and 0.9); the chosen α joins the sweep
+    assert s["hparams"]["tune_lr"] == 1e-4 and s["alpha"] == 1.2 and s["alphas"] == [0.0, 1.0, 1.2]
     assert (tmp_path / "im" / "sheet.png").exists() and (tmp_path / "im" / "result.png").exists()
     r = CliRunner().invoke(app, ["imagic", "--image", str(tmp_path / "in.png"), "--prompt", "a coat", "--alpha", "7",
                                  "--out", str(tmp_path / "bad")])

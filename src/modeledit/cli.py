@@ -507,7 +507,7 @@ def imagic(
     out: Path = typer.Option(..., help="Directory: result.png (at --alpha), sheet.png (the α sweep), imagic.json, edit/."),
     model: Optional[str] = typer.Option(None, help="Text-conditioned model: the embedded 'tiny-fashion' (default) or a Stable-Diffusion-style pipeline."),
     alpha: Optional[float] = typer.Option(None, help="Interpolation weight of the target text for result.png (default 0.9, or the model's own)."),
-    sweep: list[float] = typer.Option([0.0, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1], help="The α of the contact sheet (repeat the option)."),
+    sweep: list[float] = typer.Option([0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4], help="The α of the contact sheet (repeat the option)."),
     embed_steps: Optional[int] = typer.Option(None, help="Stage A: Adam steps on the text embedding (paper: 1000)."),
     embed_lr: Optional[float] = typer.Option(None, help="Stage A learning rate (paper: 1e-3)."),
     tune_steps: Optional[int] = typer.Option(None, help="Stage B: Adam steps fine-tuning the UNet (paper: 1500)."),

@@ -74,6 +74,22 @@ def _denoising_loss(model: DiffusionModel, x0: torch.Tensor, cond: torch.Tensor,
     return torch.nn.functional.mse_loss(model.eps(xt, t.to(x0.device), cond.expand(batch, -1, -1)), noise)
 
 
+def _adam(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], lr: float, steps: int, stage: str,
+          progress: Callable[[str, int, int], None] | None) -> list[float]:
+    """``steps`` Adam steps on ``params``; the losses, one a step."""
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for s in range(steps):
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress:
+            progress(stage, s + 1, steps)
+    return losses
+
+
 @dataclass
 class ImagicEdit:
     """The outcome of stages A and B: what stage C generates from."""
@@ -96,15 +112,12 @@ class ImagicEdit:
             check_alpha(a)
         size = int(self.patch.entries[0].request["size"][0])
         hp = self.hparams
-        with self.patch.applied(model.unet):
-            out = []
-            for k, a in enumerate(alphas):
-                cond = self.embedding(a).to(model.device, model.dtype).expand(n, -1, -1)
-                out.append(sample(model, cond, steps=hp.sample_steps, guidance=hp.guidance, size=size,
-                                  generator=torch.Generator().manual_seed(seed)))
-                if progress:
-                    progress(k + 1, len(alphas))
-        return torch.cat(out)
+        side, C = size // model.latent_factor, model.unet.config.in_channels
+        init = torch.randn((n, C, side, side), generator=torch.Generator().manual_seed(seed))
+        cond = torch.cat([self.embedding(a).to(model.device, model.dtype).expand(n, -1, -1) for a in alphas])
+        with self.patch.applied(model.unet):  # every α in one batch, from the same starting noise
+            return sample(model, cond, steps=hp.sample_steps, guidance=hp.guidance, size=size, init=init.repeat(len(alphas), 1, 1, 1),
+                          generator=torch.Generator().manual_seed(seed), progress=progress)
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -150,30 +163,13 @@ class Imagic:
             # A: the embedding, UNet frozen
             unet.requires_grad_(False)
             e = e_target.clone().requires_grad_(True)
-            opt = torch.optim.Adam([e], lr=hp.embed_lr)
-            embed_losses = []
-            for s in range(hp.embed_steps):
-                loss = _denoising_loss(model, x0, e, abar, hp.batch, g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                embed_losses.append(float(loss.detach()))
-                if progress:
-                    progress("A: text embedding", s + 1, hp.embed_steps)
+            embed_losses = _adam(lambda: _denoising_loss(model, x0, e, abar, hp.batch, g), [e], hp.embed_lr, hp.embed_steps,
+                                 "A: text embedding", progress)
             e_opt = e.detach()
             # B: the UNet, embedding fixed
             unet.train().requires_grad_(True)
-            params = [p for p in unet.parameters()]
-            opt = torch.optim.Adam(params, lr=hp.tune_lr)
-            tune_losses = []
-            for s in range(hp.tune_steps):
-                loss = _denoising_loss(model, x0, e_opt, abar, hp.batch, g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tune_losses.append(float(loss.detach()))
-                if progress:
-                    progress("B: fine-tuning", s + 1, hp.tune_steps)
+            tune_losses = _adam(lambda: _denoising_loss(model, x0, e_opt, abar, hp.batch, g), list(unet.parameters()),
+                                hp.tune_lr, hp.tune_steps, "B: fine-tuning", progress)
             if not all(map(lambda v: v == v and abs(v) != float("inf"), embed_losses + tune_losses)):
                 raise EditFailedError("Imagic: the loss became NaN or infinite; lower embed_lr / tune_lr")
             with torch.no_grad():

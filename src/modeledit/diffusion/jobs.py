@@ -52,7 +52,7 @@ def inpaint_job(
 
 
 def imagic_job(
-    model: DiffusionModel, image: Path, prompt: str, out: Path, *, alphas: Sequence[float] = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1),
+    model: DiffusionModel, image: Path, prompt: str, out: Path, *, alphas: Sequence[float] = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4),
     seed: int = 0, progress: Callable[[str, int, int], None] | None = None, **hparams: Any,
 ) -> dict:
     """Hyper-parameters: the paper's defaults, then the settings the model ships for Imagic (the embedded

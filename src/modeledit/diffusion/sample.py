@@ -15,10 +15,11 @@ from modeledit.diffusion.schedule import Respaced
 def sample(
     model: DiffusionModel, cond: torch.Tensor | None, n: int | None = None, *, steps: int = 50, guidance: float = 3.0,
     eta: float = 0.0, size: int | None = None, generator: torch.Generator | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    init: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Images (B, C, H, W) in [0, 1]. ``cond``: text embeddings (B, S, D) (None for unconditional UNets);
-    every random draw comes from ``generator`` (on the CPU, so a seed gives the same images on any device)."""
+    every random draw comes from ``generator`` (on the CPU, so a seed gives the same images on any device).
+    ``init``: the starting noise (B, C, h, w) at the UNet's resolution, instead of a draw."""
     g = generator or torch.Generator().manual_seed(0)
     dev, dt = model.device, model.dtype
     B = len(cond) if cond is not None else (n or 1)
@@ -27,7 +28,9 @@ def sample(
     uncond = model.encode_text([""]).expand(B, -1, -1) if model.conditional else None
     sched = Respaced(model.schedule, steps)
     clip = model.vae is None and bool(model.schedule.get("clip_sample", True))
-    x = torch.randn((B, C, side, side), generator=g).to(dev, dt)
+    if init is not None and tuple(init.shape) != (B, C, side, side):
+        raise ValueError(f"init has shape {tuple(init.shape)}, the sampler needs {(B, C, side, side)}")
+    x = (torch.randn((B, C, side, side), generator=g) if init is None else init).to(dev, dt)
     for i in reversed(range(steps)):
         t = torch.full((B,), sched.timesteps[i], device=dev)
         eps = model.guided_eps(x, t, cond, uncond, guidance)
