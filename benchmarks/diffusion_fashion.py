@@ -126,7 +126,7 @@ def part_speed(args, out: Path) -> dict:
     size = 32  # diffusers' pipeline rounds to multiples of 32 for masks; give it a size it takes
     unet = UNet2DModel(sample_size=size, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
                        norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")).eval()
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")).eval().to(args.device)
     ddpm = DDPMScheduler(num_train_timesteps=1000)
     model = from_components(unet, ddpm, name="speed-unet")
     hp = dict(steps=args.speed_steps, jump_length=10, jump_n_sample=10)
@@ -135,6 +135,7 @@ def part_speed(args, out: Path) -> dict:
     keep[..., size // 2 :, :] = False
     pipe = RePaintPipeline(unet=unet, scheduler=RePaintScheduler.from_config(ddpm.config))
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(args.device)
 
     def ours(batch: int) -> float:
         t0 = time.perf_counter()
@@ -157,7 +158,7 @@ def part_speed(args, out: Path) -> dict:
           f"→ {res['speedup_vs_diffusers']:.2f}x (target ≥ 1); batch of 16 {t_batch:.2f} s = "
           f"{res['batch16_over_16_singles']:.3f} of 16 single runs (target < 0.2)")
     # the same batch ratio on the embedded model (28×28, unconditional fill)
-    tiny = me.load_diffusion()
+    tiny = me.load_diffusion(device=args.device)
     x28 = torch.rand((1, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     keep28 = torch.ones((1, 1, 28, 28), dtype=torch.bool)
     keep28[..., 14:, :] = False
@@ -192,6 +193,7 @@ def main() -> None:
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.4, 0.6, 0.8, 1.0, 1.2])
     ap.add_argument("--speed-steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="Where the speed part runs (cpu, cuda, ...); every result returns to the CPU, which synchronises.")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
