@@ -28,7 +28,7 @@ from modeledit.llm.contexts import context_templates
 from modeledit.llm.corpus import resolve_corpus
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import StatsConfig, collect_second_moments
-from modeledit.llm.value import optimise_value
+from modeledit.llm.value import optimise_values
 
 REF_SECONDS_PER_EDIT = 43.0
 REF_STATS_SECONDS_ONE_LAYER = 149.0
@@ -84,14 +84,14 @@ def main() -> None:
     method.prepare(lm)
     req = me.Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
     rows = build_rows(lm, req, context_templates(lm, method.hparams.context_spec), (method.hparams.kl_prompt,))
-    optimise_value(lm, layers[0], rows, method.hparams.value)  # warm-up
+    optimise_values(lm, layers[0], rows, method.hparams.value)  # warm-up
     with FlopCounterMode(display=False) as fc:
-        optimise_value(lm, layers[0], rows, method.hparams.value)
+        optimise_values(lm, layers[0], rows, method.hparams.value)
     flops = fc.get_total_flops()
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        res = optimise_value(lm, layers[0], rows, method.hparams.value)
+        (res,) = optimise_values(lm, layers[0], rows, method.hparams.value)
         times.append(time.perf_counter() - t)
     tokens_per_step = int(rows.attention_mask.sum())
     achieved = flops / min(times) / 1e9

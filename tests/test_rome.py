@@ -7,7 +7,7 @@ from modeledit.llm.rome import ROME, rank_one_update
 from modeledit.llm.rows import build_rows
 from modeledit.llm.score import score_continuations
 from modeledit.llm.request import fill
-from modeledit.llm.value import ValueHyperParams, optimise_value
+from modeledit.llm.value import ValueHyperParams, optimise_values
 
 from conftest import FAMILIES, same_state, state_bytes
 
@@ -38,7 +38,7 @@ def test_suffix_only_steps_reproduce_the_full_forward(tiny_factory, family):
     lm = tiny_factory(family)
     templates = ["{}", "Some words before it. {}", "The answer is clear. {}"]
     rows = build_rows(lm, REQ, templates)
-    res = optimise_value(lm, 2, rows, ValueHyperParams(steps=1))
+    (res,) = optimise_values(lm, 2, rows, ValueHyperParams(steps=1))
     ref = score_continuations(lm, [(fill(fill(t, REQ.prompt), REQ.subject), REQ.target) for t in templates])
     p_ref = sum(torch.tensor(c.logprob / c.n_tokens).exp().item() for c in ref) / len(ref)
     assert res.target_prob[0] == pytest.approx(p_ref, rel=1e-4)
@@ -68,7 +68,7 @@ def test_the_update_maps_the_averaged_key_to_the_new_value(tiny_factory):
     lm = tiny_factory("llama")
     method = ROME(layer=2, **FAST)
     rows = build_rows(lm, REQ, context_templates(lm, method.hparams.context_spec))
-    res = optimise_value(lm, 2, rows, method.hparams.value)
+    (res,) = optimise_values(lm, 2, rows, method.hparams.value)
     patch = method.edit(lm, REQ)
     name = lm.layout.weight_name(2)
     with patch.applied(lm.model):

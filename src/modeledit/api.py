@@ -9,23 +9,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from modeledit.llm.model import LanguageModel, load_model
 from modeledit.llm.request import Request
 from modeledit.methods import get_method, list_methods
 from modeledit.patch import Patch
 
-__all__ = ["edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_judge", "load_model",
+__all__ = ["compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_judge", "load_model",
            "trace", "trace_facts"]
 
 JUDGE = Path(__file__).resolve().parent / "weights" / "fashion-judge"
 
 
-def edit(lm: LanguageModel, request: Request, method: str | Any = "rome", progress: Callable | None = None, **hparams: Any) -> Patch:
-    """Compute the edit of ``request`` as a Patch. The model's weights are not changed: apply the patch."""
+def edit(
+    lm: LanguageModel,
+    requests: Request | Sequence[Request],
+    method: str | Any = "rome",
+    progress: Callable | None = None,
+    **hparams: Any,
+) -> Patch:
+    """Compute the edit of one request or a batch (a Patch for the weight editors). The model's weights are
+    not changed: apply the edit (``with edit.applied(lm): ...``)."""
     m = get_method(method, **hparams) if isinstance(method, str) else method
-    return m.edit(lm, request, progress)
+    return m.edit(lm, requests, progress)
 
 
 def evaluate(
@@ -36,23 +43,47 @@ def evaluate(
     method: str | Any = "rome",
     benchmark: str = "counterfact",
     limit: int | None = None,
+    batch_size: int = 1,
     gen_tokens: int = 40,
+    compare: str = "mean",
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
     **hparams: Any,
 ) -> dict[str, Any]:
-    """Edit each case of a benchmark file from the unedited model and score it; resumable. Returns the
-    summary also written to ``out_dir/summary.json`` (per-case records in ``out_dir/cases.jsonl``)."""
+    """Edit the cases of a benchmark file ``batch_size`` at a time, each batch from the unedited model, and
+    score them; resumable. Returns the summary also written to ``out_dir/summary.json`` (per-case records
+    in ``out_dir/cases.jsonl``). ``benchmark``: "counterfact" (``gen_tokens``, ``compare``: "mean" or
+    "sum" of the answers' token log-probabilities) or "zsre"."""
     from modeledit.evaluation import run_evaluation
-    from modeledit.llm.bench.counterfact import CounterFact, load_counterfact
+    from modeledit.llm.bench import get_benchmark
 
-    if benchmark != "counterfact":
-        from modeledit.errors import RequestError
-
-        raise RequestError("benchmark", f"unknown benchmark {benchmark!r}: 'counterfact' is available")
+    bench = get_benchmark(benchmark, gen_tokens=gen_tokens, compare=compare) if benchmark == "counterfact" else get_benchmark(benchmark)
     m = get_method(method, **hparams) if isinstance(method, str) else method
-    cases = load_counterfact(data, limit)
-    return run_evaluation(lm, m, CounterFact(gen_tokens=gen_tokens), cases, out_dir, progress=progress, prepare_progress=prepare_progress)
+    cases = bench.load(data, limit)
+    return run_evaluation(lm, m, bench, cases, out_dir, batch_size=batch_size, progress=progress, prepare_progress=prepare_progress)
+
+
+def compare(
+    lm: LanguageModel,
+    methods: Sequence[str],
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    benchmark: str = "counterfact",
+    limit: int | None = None,
+    batch_size: int = 1,
+    gen_tokens: int = 40,
+    settings: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    prepare_progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate several methods on the same cases (``"memit@200"``: MEMIT at batch size 200; else
+    ``batch_size``), each in ``out_dir/<spec>/`` (resumable), and write ``comparison.md``, ``.json`` and
+    ``.png`` with the unedited model's row. ``settings``: hyper-parameters per method name."""
+    from modeledit.compare import compare_runs
+
+    return compare_runs(lm, methods, data, out_dir, benchmark=benchmark, limit=limit, batch_size=batch_size,
+                        gen_tokens=gen_tokens, settings=settings or {}, progress=progress, prepare_progress=prepare_progress)
 
 
 def trace(
@@ -108,7 +139,7 @@ def trace_facts(
             f"causal tracing: the MLP's average indirect effect at the last subject token peaks here "
             f"({aggregate['mlp_peak_effect']:.3f} over {aggregate['n_traced']} known facts, window {aggregate['window']})"
         )
-        aggregate["layer_file"] = str(store_layer(lm, layer, reason, source=str(Path(out_dir).resolve())))
+        aggregate["layer_file"] = str(store_layer(lm, layer, reason, source=str(Path(out_dir).resolve()), window=aggregate["window"]))
     return aggregate
 
 

@@ -1,5 +1,14 @@
-"""The one evaluation loop: for each case, score the unedited model, edit, score the edited model,
-restore the weights, and stream the record to ``cases.jsonl``. A rerun skips the cases already there."""
+"""The one evaluation loop, for every method and benchmark.
+
+The cases are cut into batches of ``batch_size`` in file order. For each batch: score its cases on the
+unedited model, edit all the batch's requests in one edit (jointly or one after another, as the method
+does), score each case with the whole batch's edit applied, undo the edit, and stream each case's record
+to ``cases.jsonl``. ``batch_size=1`` edits each case alone. The edit is anything with ``applied(lm)``:
+a weight patch, or an edit that changes no weight — the loop does not tell them apart.
+
+A rerun skips the cases already written (a batch cut short is edited again — the same edit — and only
+its missing cases are scored) and refuses a directory that holds a run with other settings.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from modeledit.errors import EditFailedError
-from modeledit.report import CaseLog, cost_summary, start_run, write_json
+from modeledit.report import CaseLog, cost_summary, reset_peak_rss, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -22,45 +31,68 @@ def run_evaluation(
     cases: Sequence[Any],
     out_dir: str | Path,
     *,
+    batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        from modeledit.errors import RequestError
+
+        raise RequestError("batch_size", f"must be a positive integer, got {batch_size!r}")
     hparams = asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
-    run = {"benchmark": bench.name, "method": method.name, "model": lm.name, "model_identity": lm.identity, "hparams": hparams}
+    run = {"benchmark": bench.name, "benchmark_config": bench.config(), "method": method.name, "model": lm.name,
+           "model_identity": lm.identity, "hparams": hparams, "batch_size": batch_size}
     out = start_run(out_dir, run)
+    reset_peak_rss()
 
     caselog = CaseLog(out / "cases.jsonl")
     method.prepare(lm, prepare_progress)  # one-off costs (statistics) stay out of the per-edit times
-    todo = [c for c in cases if c.case_id not in caselog.done]
-    if len(todo) < len(cases):
-        log.info("resuming: %d of %d cases already done", len(cases) - len(todo), len(cases))
-    done = len(cases) - len(todo)
-    for case in todo:
-        pre = bench.score(lm, case)
+    done = sum(1 for c in cases if c.case_id in caselog.done)
+    if done:
+        log.info("resuming: %d of %d cases already done", done, len(cases))
+    for b in range(0, len(cases), batch_size):
+        batch = list(cases[b : b + batch_size])
+        todo = [c for c in batch if c.case_id not in caselog.done]
+        if not todo:
+            continue
+        per_case = [bench.requests(c) for c in batch]
+        requests = [r for rs in per_case for r in rs]
+        pre = {c.case_id: bench.score(lm, c) for c in todo}
         t0 = time.perf_counter()
         try:
-            patch, error = method.edit(lm, bench.request(case)), None
+            edit, error = method.edit(lm, requests), None
         except EditFailedError as exc:
-            patch, error = None, str(exc)
-            log.warning("case %s: edit failed: %s", case.case_id, exc)
+            edit, error = None, str(exc)
+            log.warning("cases %s: edit failed: %s", [c.case_id for c in batch], exc)
         seconds = time.perf_counter() - t0
-        if patch is not None:
-            with patch.applied(lm.model):
-                post = bench.score(lm, case)
-        else:
-            post = pre  # a failed edit leaves the model unchanged
-        caselog.write(
-            {
+        first = 0
+        owned = {}
+        for c, rs in zip(batch, per_case):
+            owned[c.case_id] = list(range(first, first + len(rs)))
+            first += len(rs)
+
+        def record(case, post):
+            idx = owned[case.case_id]
+            return {
                 "case_id": case.case_id,
-                "request": bench.request(case).to_dict(),
-                "pre": pre,
+                "batch": b // batch_size,
+                "requests": [requests[i].to_dict() for i in idx],
+                "pre": pre[case.case_id],
                 "post": post,
-                "seconds": seconds,
-                "edit": patch.entries[0].info if patch is not None else None,
+                "seconds": seconds * len(idx) / len(requests),  # the case's share of the batch's edit
+                "batch_seconds": seconds,
+                "edit": [request_info(edit, i) for i in idx] if edit is not None else None,
                 "error": error,
             }
-        )
-        done += 1
+
+        if edit is None:
+            for c in todo:  # a failed edit leaves the model unchanged
+                caselog.write(record(c, pre[c.case_id]))
+        else:
+            with edit.applied(lm):
+                for c in todo:
+                    caselog.write(record(c, bench.score(lm, c, pre[c.case_id])))
+        done += len(todo)
         if progress:
             progress(done, len(cases))
     wanted = {c.case_id for c in cases}
@@ -70,15 +102,35 @@ def run_evaluation(
         "benchmark": bench.name,
         "method": method.name,
         "model": lm.name,
+        "batch_size": batch_size,
+        "protocol": (
+            f"cases edited in batches of {batch_size} (one edit of the batch's requests), each batch from the "
+            "unedited model (its edit undone before the next batch); 'pre' scores the unedited model, 'post' "
+            "the model holding the batch's edit; neighbourhood/specificity prompts are scored on each"
+        ),
         **bench.summarize(records),
         "failed_edits": sum(1 for r in records if r.get("error")),
         "cost": {**cost_summary(r["seconds"] for r in records), "gradient_steps_mean": _mean_steps(records)},
+        "benchmark_config": bench.config(),
         "hparams": hparams,
     }
     write_json(out / "summary.json", summary)
     return summary
 
 
+def request_info(edit: Any, index: int) -> dict[str, Any]:
+    """What the edit reports about its ``index``-th request: the info of the entry holding it, with the
+    entry's per-request values (``info["per_request"]``: name -> list over its requests) cut to this one's."""
+    at = 0
+    for e in getattr(edit, "entries", ()):
+        n = len(e.requests)
+        if index < at + n:
+            own = {k: v[index - at] for k, v in e.info.get("per_request", {}).items()}
+            return {**{k: v for k, v in e.info.items() if k != "per_request"}, **own}
+        at += n
+    return dict(getattr(edit, "info", {}) or {})
+
+
 def _mean_steps(records: Sequence[dict[str, Any]]) -> float | None:
-    steps = [r["edit"]["gradient_steps"] for r in records if r.get("edit") and "gradient_steps" in r["edit"]]
+    steps = [e["gradient_steps"] for r in records for e in (r.get("edit") or []) if isinstance(e.get("gradient_steps"), (int, float))]
     return sum(steps) / len(steps) if steps else None

@@ -9,15 +9,21 @@ from modeledit.classifier.enn import ENN
 from modeledit.diffusion.imagic import Imagic
 from modeledit.diffusion.repaint import RePaint
 from modeledit.errors import RequestError
+from modeledit.llm.ft import FT, FTM
+from modeledit.llm.lora import LoRA
+from modeledit.llm.memit import MEMIT
 from modeledit.llm.rome import ROME
 
 
 class Method(Protocol):
-    """A method has typed hyper-parameters, may prepare per-model caches, and turns a request into a Patch
-    (ROME, ENN), an edit holding one (Imagic: UNet deltas and embeddings), or, changing no weight, the
-    edited output itself (RePaint: images)."""
+    """A method has typed hyper-parameters (``HyperParams``, a dataclass with the paper's defaults), a
+    ``family`` ("llm", "classifier", "diffusion"), may prepare per-model caches, and turns requests into
+    an edit: a Patch (ROME, MEMIT, FT, LoRA, ENN), an edit holding one (Imagic: UNet deltas and
+    embeddings), or, changing no weight, the edited output itself (RePaint: images). LM methods take one
+    request or a sequence and say whether they edit a batch jointly (``joint``) or one request at a time."""
 
     name: str
+    family: str
     hparams: Any
 
     def prepare(self, model: Any, progress: Any = None) -> None: ...
@@ -25,20 +31,36 @@ class Method(Protocol):
     def edit(self, model: Any, request: Any, progress: Any = None) -> Any: ...
 
 
-METHODS = MappingProxyType({"rome": ROME, "enn": ENN, "repaint": RePaint, "imagic": Imagic})
+METHODS = MappingProxyType(
+    {
+        "rome": ROME,
+        "memit": MEMIT,
+        "ft-l": FT,
+        "ft-m": FTM,
+        "lora": LoRA,
+        "enn": ENN,
+        "repaint": RePaint,
+        "imagic": Imagic,
+    }
+)
 
 
 def get_method(name: str, **hparams: Any) -> Method:
     """A method by name, with hyper-parameters overriding the paper's defaults."""
-    try:
-        cls = METHODS[name.lower()]
-    except KeyError:
-        raise RequestError("method", f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None
+    cls = method_class(name)
     try:
         return cls(**hparams)
     except TypeError as exc:
         raise RequestError("hparams", f"{exc}; the hyper-parameters of {name} are the fields of {cls.HyperParams.__name__}") from exc
 
 
-def list_methods() -> list[str]:
-    return list(METHODS)
+def method_class(name: str) -> type:
+    try:
+        return METHODS[name.lower()]
+    except KeyError:
+        raise RequestError("method", f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None
+
+
+def list_methods(family: str | None = None) -> list[str]:
+    """The registered methods' names, of one family ("llm", "classifier", "diffusion") or all."""
+    return [n for n, cls in METHODS.items() if family is None or cls.family == family]

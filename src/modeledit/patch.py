@@ -28,7 +28,7 @@ from modeledit.errors import PatchError
 log = logging.getLogger(__name__)
 
 FORMAT = "modeledit.patch"
-VERSION = 1
+VERSION = 2  # 2: an entry holds a list of requests (a joint edit of many); version 1 files (one request) load too
 
 
 def fingerprint(tensor: torch.Tensor) -> str:
@@ -78,15 +78,22 @@ def add_delta(param: torch.Tensor, delta: Delta) -> torch.Tensor:
 
 @dataclass
 class PatchEntry:
-    """One edit: its deltas and where they came from."""
+    """One edit: its deltas and where they came from (one request, or many edited jointly)."""
 
     method: str
     hparams: dict[str, Any]
-    request: dict[str, Any]
+    requests: list[dict[str, Any]]
     deltas: dict[str, Delta]
     before: dict[str, str]
     after: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request of a one-request entry."""
+        if len(self.requests) != 1:
+            raise PatchError(f"this edit holds {len(self.requests)} requests jointly: read .requests")
+        return self.requests[0]
 
 
 class Patch:
@@ -106,17 +113,21 @@ class Patch:
         *,
         method: str,
         hparams: Mapping[str, Any],
-        request: Mapping[str, Any],
+        request: Mapping[str, Any] | None = None,
+        requests: Iterable[Mapping[str, Any]] | None = None,
         info: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> "Patch":
-        """A one-edit patch whose fingerprints are taken from ``model`` as it is now (unedited)."""
+        """A one-edit patch (of one ``request`` or of many ``requests`` edited jointly) whose fingerprints
+        are taken from ``model`` as it is now (unedited)."""
+        model = _module(model)
+        reqs = [dict(r) for r in requests] if requests is not None else [dict(request or {})]
         before, after = {}, {}
         for name, delta in deltas.items():
             p = _parameter(model, name)
             before[name] = fingerprint(p)
             after[name] = fingerprint(add_delta(p, delta))
-        entry = PatchEntry(method, dict(hparams), dict(request), dict(deltas), before, after, dict(info or {}))
+        entry = PatchEntry(method, dict(hparams), reqs, dict(deltas), before, after, dict(info or {}))
         return cls([entry], meta)
 
     # -- applying --------------------------------------------------------------------------------
@@ -128,8 +139,14 @@ class Patch:
             seen.update(dict.fromkeys(e.deltas))
         return list(seen)
 
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the patch holds, in the order they were edited."""
+        return [r for e in self.entries for r in e.requests]
+
     def check(self, model: torch.nn.Module) -> None:
         """Raise PatchError unless every touched parameter of ``model`` is what the patch was made on."""
+        model = _module(model)
         first = {}
         for e in self.entries:
             for name, fp in e.before.items():
@@ -144,7 +161,9 @@ class Patch:
                 )
 
     def apply(self, model: torch.nn.Module) -> "AppliedPatch":
-        """Write the deltas into ``model`` in place; returns a handle whose ``revert`` undoes it exactly."""
+        """Write the deltas into ``model`` (a module, or a LanguageModel) in place; returns a handle whose
+        ``revert`` undoes it exactly."""
+        model = _module(model)
         self.check(model)
         originals = {name: _parameter(model, name).detach().clone() for name in self.parameters}
         try:
@@ -169,6 +188,7 @@ class Patch:
         the bytes are restored exactly and checked against the patch's fingerprints. Without them the
         deltas are subtracted, which restores the weights only up to float rounding (a warning says so).
         """
+        model = _module(model)
         last_after: dict[str, str] = {}
         for e in self.entries:
             last_after.update(e.after)
@@ -235,7 +255,7 @@ class Patch:
                 {
                     "method": e.method,
                     "hparams": e.hparams,
-                    "request": e.request,
+                    "requests": e.requests,
                     "deltas": kinds,
                     "before": e.before,
                     "after": e.after,
@@ -268,8 +288,8 @@ class Patch:
             meta = json.loads(header)
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format is {meta.get('format')!r}")
-            if meta.get("version") != VERSION:
-                raise ValueError(f"version {meta.get('version')} is not {VERSION}")
+            if meta.get("version") not in (1, VERSION):
+                raise ValueError(f"version {meta.get('version')} is not one this modeledit reads (1, {VERSION})")
             entries = []
             for i, e in enumerate(meta["entries"]):
                 deltas = {}
@@ -279,7 +299,8 @@ class Patch:
                     else:
                         deltas[name] = Delta(left=tensors[f"{i}/{name}/left"], right=tensors[f"{i}/{name}/right"])
                 entries.append(
-                    PatchEntry(e["method"], e["hparams"], e["request"], deltas, e["before"], e["after"], e.get("info", {}))
+                    PatchEntry(e["method"], e["hparams"], e["requests"] if "requests" in e else [e["request"]], deltas,
+                               e["before"], e["after"], e.get("info", {}))
                 )
             return cls(entries, meta.get("meta", {}))
         except (KeyError, TypeError, ValueError) as exc:
@@ -292,7 +313,7 @@ class Patch:
             "edits": [
                 {
                     "method": e.method,
-                    "request": e.request,
+                    "requests": e.requests,
                     "hparams": e.hparams,
                     "parameters": {
                         n: {"kind": "dense" if d.dense is not None else f"rank {d.rank}", "before": e.before[n]}
@@ -329,6 +350,12 @@ class AppliedPatch:
 
     def __exit__(self, *exc: object) -> None:
         self.revert()
+
+
+def _module(model: Any) -> torch.nn.Module:
+    """The module of a wrapper that holds one (a LanguageModel's ``.model``), or the module itself."""
+    inner = getattr(model, "model", None)
+    return inner if not isinstance(model, torch.nn.Module) and isinstance(inner, torch.nn.Module) else model
 
 
 def _parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:

@@ -115,9 +115,25 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
+    """Peak resident memory of this process, in MiB: since the last ``reset_peak_rss`` where Linux allows
+    resetting it, else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-memory measurement (Linux: VmHWM := current RSS); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def cost_summary(seconds: Iterable[float]) -> dict[str, float]:

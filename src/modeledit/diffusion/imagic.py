@@ -138,6 +138,7 @@ class ImagicEdit:
 
 class Imagic:
     name = "imagic"
+    family = "diffusion"
     HyperParams = ImagicHyperParams
 
     def __init__(self, **hparams):

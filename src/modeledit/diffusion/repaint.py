@@ -60,6 +60,7 @@ def unet_calls(hp: RePaintHyperParams) -> int:
 
 class RePaint:
     name = "repaint"
+    family = "diffusion"
     HyperParams = RePaintHyperParams
 
     def __init__(self, **hparams):

@@ -86,13 +86,14 @@ class Hooks:
 
         self._handles.append(self._module(name).register_forward_hook(post))
 
-    def replace_input(self, name: str, hidden: torch.Tensor) -> None:
-        """Feed ``hidden`` to the module in place of its first input."""
+    def replace_input(self, name: str, hidden: torch.Tensor | Callable[[], torch.Tensor]) -> None:
+        """Feed ``hidden`` (a tensor, or a function giving one at each pass) to the module in place of its first input."""
 
         def pre(_m, args, kwargs):
+            h = hidden() if callable(hidden) else hidden
             if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+                return (h, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": h}
 
         self._handles.append(self._module(name).register_forward_pre_hook(pre, with_kwargs=True))
 

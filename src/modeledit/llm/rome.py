@@ -22,10 +22,10 @@ import torch
 from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.model import LanguageModel, chosen_layer
+from modeledit.llm.method import LLMMethod
 from modeledit.llm.request import Request
-from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import StatsConfig, second_moments
-from modeledit.llm.value import ValueHyperParams, optimise_value
+from modeledit.llm.value import ValueHyperParams, compute_values
 from modeledit.patch import Delta, Patch
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ def default_layer(lm: LanguageModel) -> tuple[int, str]:
         return choice["layer"], choice["reason"]
     n = lm.layout.n_layers
     return min(n - 1, int(DEFAULT_DEPTH * n)), f"default: the paper's relative depth 17/48 of {n} layers"
+
+
+def check_layers(lm: LanguageModel, layers, field: str = "layers") -> None:
+    """A RequestError unless every layer is one of the model's."""
+    bad = [l for l in layers if not isinstance(l, int) or not 0 <= l < lm.layout.n_layers]
+    if bad or not layers:
+        raise RequestError(field, f"{list(layers)} is not a non-empty set of this model's layers 0..{lm.layout.n_layers - 1}")
 
 
 @dataclass(frozen=True)
@@ -104,18 +111,17 @@ def rank_one_update(
     return r, u
 
 
-class ROME:
+class ROME(LLMMethod):
+    """ROME: one rank-one update per request; a batch is edited one request after another, each on the
+    model holding the edits before it, and the edits are composed."""
+
     name = "rome"
     HyperParams = ROMEHyperParams
-
-    def __init__(self, hparams: ROMEHyperParams | None = None, **overrides):
-        base = hparams or ROMEHyperParams()
-        self.hparams = ROMEHyperParams(**{**asdict(base), **overrides}) if overrides else base
+    joint = False
 
     def layer(self, lm: LanguageModel) -> int:
         layer = self.hparams.layer if self.hparams.layer is not None else default_layer(lm)[0]
-        if not 0 <= layer < lm.layout.n_layers:
-            raise RequestError("layer", f"{layer} is outside this model's layers 0..{lm.layout.n_layers - 1}")
+        check_layers(lm, [layer], "layer")
         return layer
 
     def layer_reason(self, lm: LanguageModel) -> str:
@@ -131,14 +137,13 @@ class ROME:
             second_moments(lm, self.layers(lm), self.hparams.stats, progress)
         context_templates(lm, self.hparams.context_spec, self.hparams.context_seed)
 
-    def edit(self, lm: LanguageModel, request: Request, progress=None) -> Patch:
-        """Compute the edit as a Patch; the model's weights are left exactly as they were."""
+    def edit_batch(self, lm: LanguageModel, requests: list[Request], progress=None) -> Patch:
+        (request,) = requests
         hp = self.hparams
         layer = self.layer(lm)
         C = second_moments(lm, [layer], hp.stats, progress)[layer] if hp.mom2_adjustment else None
         templates = context_templates(lm, hp.context_spec, hp.context_seed)
-        rows = build_rows(lm, request, templates, (hp.kl_prompt,))
-        res = optimise_value(lm, layer, rows, hp.value)
+        (res,) = compute_values(lm, layer, [request], templates, (hp.kl_prompt,), hp.value)
 
         weight_name = lm.layout.weight_name(layer)
         W = lm.model.get_parameter(weight_name).detach()
@@ -160,12 +165,4 @@ class ROME:
             "value_seconds": res.seconds,
         }
         log.info("ROME at layer %d: %d steps, p(target) %.3f -> %.3f", layer, res.steps, *res.target_prob)
-        return Patch.from_deltas(
-            lm.model,
-            {weight_name: delta},
-            method=self.name,
-            hparams={**asdict(hp), "layer": layer},
-            request=request.to_dict(),
-            info=info,
-            meta={"model": lm.name, "model_identity": lm.identity},
-        )
+        return self.patch(lm, {weight_name: delta}, [request], {**asdict(hp), "layer": layer}, info)

@@ -1,6 +1,7 @@
-"""The batch an LM edit optimises over: one row per context template (prompt + target, teacher-forced)
-and one row per KL prompt, right-padded, with the positions of the last subject token and of the
-targets. Built once per edit and shared by every method that optimises a value at the subject token."""
+"""The batch an LM edit optimises over: for each request, one row per context template (prompt + target,
+teacher-forced) and one row per KL prompt, right-padded, with the positions of the last subject token and
+of the targets. Built once per edit and shared by every method that optimises a value at the subject
+token (ROME one request at a time, MEMIT many at once)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,25 @@ class Rows:
     input_ids: torch.Tensor  # (rows, width), right-padded
     attention_mask: torch.Tensor
     subject_pos: torch.Tensor  # (rows,) index of the last subject token
-    n_rewrite: int  # the first n_rewrite rows are rewrite rows, the rest KL rows
-    target_ids: torch.Tensor  # (n_target,) the target tokens, rewrite row by row
+    row_request: torch.Tensor  # (rows,) which request a row belongs to
+    is_kl: torch.Tensor  # (rows,) bool: a KL row (else a rewrite row)
+    target_ids: torch.Tensor  # (n_target,) the target tokens of every rewrite row
     target_rows: torch.Tensor  # (n_target,) their row ...
     target_cols: torch.Tensor  # (n_target,) ... and the position whose logits predict them
-    target_len: int
-    kl_cols: torch.Tensor  # (rows - n_rewrite,) last position of each KL row
+    kl_cols: torch.Tensor  # (n_kl,) last position of each KL row, in the order of ``kl_rows``
+    n_requests: int
 
     @property
     def kl_rows(self) -> torch.Tensor:
-        return torch.arange(self.n_rewrite, self.input_ids.shape[0], device=self.input_ids.device)
+        return self.is_kl.nonzero()[:, 0]
+
+    @property
+    def first_rows(self) -> torch.Tensor:
+        """(n_requests,) the first row of each request: its first context template ("{}": the bare prompt)."""
+        r = self.row_request
+        first = torch.ones_like(r, dtype=torch.bool)
+        first[1:] = r[1:] != r[:-1]
+        return first.nonzero()[:, 0]
 
 
 def subject_row(lm: LanguageModel, template: str, subject: str) -> tuple[str, int]:
@@ -40,30 +50,38 @@ def subject_row(lm: LanguageModel, template: str, subject: str) -> tuple[str, in
 
 
 def build_rows(
-    lm: LanguageModel, request: Request, templates: Sequence[str], kl_prompts: Sequence[str] = ("{} is a",)
+    lm: LanguageModel, requests: Request | Sequence[Request], templates: Sequence[str], kl_prompts: Sequence[str] = ("{} is a",)
 ) -> Rows:
-    seqs, subj, t_ids, t_rows, t_cols, kl_cols = [], [], [], [], [], []
-    # the target is tokenised once, after the bare prompt, exactly as evaluation scores it
-    _, t = encode_continuation(lm.tokenizer, request.text, request.target)
-    for r, ctx in enumerate(templates):
-        text, s = subject_row(lm, fill(ctx, request.prompt), request.subject)
-        p = lm.tokenizer(text)["input_ids"]
-        if s >= len(p):
-            raise RequestError("subject", f"{request.subject!r} must occur before the target in {text!r}")
-        seqs.append(p + t[:-1])
-        subj.append(s)
-        t_ids.extend(t)
-        t_rows.extend([r] * len(t))
-        t_cols.extend(range(len(p) - 1, len(p) - 1 + len(t)))
-    for kp in kl_prompts:
-        text, s = subject_row(lm, kp, request.subject)
-        ids = lm.tokenizer(text)["input_ids"]
-        seqs.append(ids)
-        subj.append(s)
-        kl_cols.append(len(ids) - 1)
+    """The rows of one request or of many (request by request: its rewrite rows, then its KL rows)."""
+    requests = [requests] if isinstance(requests, Request) else list(requests)
+    if templates[0] != "{}":
+        raise ValueError("the first context template must be the bare '{}' (its row gives the value v₀)")
+    seqs, subj, owner, kl, t_ids, t_rows, t_cols, kl_cols = [], [], [], [], [], [], [], []
+    for q, request in enumerate(requests):
+        # the target is tokenised once, after the bare prompt, exactly as evaluation scores it
+        _, t = encode_continuation(lm.tokenizer, request.text, request.target)
+        for ctx in templates:
+            text, s = subject_row(lm, fill(ctx, request.prompt), request.subject)
+            p = lm.tokenizer(text)["input_ids"]
+            if s >= len(p):
+                raise RequestError("subject", f"{request.subject!r} must occur before the target in {text!r}")
+            r = len(seqs)
+            seqs.append(p + t[:-1])
+            subj.append(s)
+            owner.append(q)
+            kl.append(False)
+            t_ids.extend(t)
+            t_rows.extend([r] * len(t))
+            t_cols.extend(range(len(p) - 1, len(p) - 1 + len(t)))
+        for kp in kl_prompts:
+            text, s = subject_row(lm, kp, request.subject)
+            ids = lm.tokenizer(text)["input_ids"]
+            seqs.append(ids)
+            subj.append(s)
+            owner.append(q)
+            kl.append(True)
+            kl_cols.append(len(ids) - 1)
     dev = lm.device
     ids, mask = pad_right(seqs, lm.tokenizer.pad_token_id, dev)
     L = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
-    return Rows(
-        ids, mask, L(subj), len(templates), L(t_ids), L(t_rows), L(t_cols), len(t), L(kl_cols)
-    )
+    return Rows(ids, mask, L(subj), L(owner), torch.tensor(kl, device=dev), L(t_ids), L(t_rows), L(t_cols), L(kl_cols), len(requests))

@@ -20,18 +20,31 @@ from modeledit.llm.tokens import encode_continuation, pad_right
 class Continuation:
     logprob: float  # summed over the answer's tokens
     n_tokens: int
+    tokens: tuple[int, ...] = ()  # the answer's tokens
+    top1: tuple[int, ...] = ()  # the model's top-1 prediction at each of them (teacher-forced)
+
+    @property
+    def mean_logprob(self) -> float:
+        """Token-mean log-probability (the ROME paper's comparison of two answers)."""
+        return self.logprob / self.n_tokens
 
     @property
     def mean_prob(self) -> float:
         """Token-mean probability exp(mean log-prob), as magnitudes use it."""
-        return math.exp(self.logprob / self.n_tokens)
+        return math.exp(self.mean_logprob)
+
+    @property
+    def top1_accuracy(self) -> float:
+        """Share of the answer's tokens that are the model's top-1 prediction (zsRE's accuracy)."""
+        return sum(a == b for a, b in zip(self.tokens, self.top1)) / self.n_tokens
 
 
 @torch.no_grad()
 def score_continuations(
     lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int = 32
 ) -> list[Continuation]:
-    """For each (prompt, answer): log P(answer | prompt), summed over the answer's tokens."""
+    """For each (prompt, answer): log P(answer | prompt), summed over the answer's tokens, and the top-1
+    prediction at each answer token."""
     out: list[Continuation] = []
     for b in range(0, len(pairs), batch_size):
         enc = [encode_continuation(lm.tokenizer, p, a) for p, a in pairs[b : b + batch_size]]
@@ -46,8 +59,12 @@ def score_continuations(
         hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
         tok_lp = logp.gather(1, torch.tensor(tgt, device=lm.device)[:, None])[:, 0].cpu()
+        top1 = logp.argmax(-1).cpu().tolist()
         sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, torch.tensor(owner), tok_lp.double())
-        out += [Continuation(float(sums[i]), len(t)) for i, (_, t) in enumerate(enc)]
+        at = 0
+        for i, (_, t) in enumerate(enc):
+            out.append(Continuation(float(sums[i]), len(t), tuple(t), tuple(top1[at : at + len(t)])))
+            at += len(t)
     return out
 
 

@@ -1,15 +1,17 @@
-"""The key k* and the value delta δ of a fact at one MLP output projection (ROME's compute_u/compute_v
-inputs).
+"""The value δ that makes the model say a new target (ROME's compute_v, MEMIT's compute_z), for one
+request or many at once.
 
-One pass over the edit's rows, with the weights as they are, gives the key k* (the projection's input at
-the last subject token, averaged over the context templates), the value v₀ (its output at the bare
-prompt), the hidden states entering the edited layer, and the KL reference distribution.
+One pass over the requests' rows, with the weights as they are, gives for each request the key k* (the
+MLP projection's input at the last subject token, averaged over the context templates), the value v₀ at
+the edit site (the projection's output for ROME, the block's output — the residual stream — for MEMIT) at
+the bare prompt, and the KL reference distribution.
 
-Then δ, added to the projection's output at the last subject token of every row, is optimised with Adam.
-Each step runs only the layers from the edited one up (lower layers are skipped: their output is fed in
-from the first pass), only on the tokens from the subject's last one on (the keys and values of the
-tokens before it are cached once: δ cannot change them), computes logits only at the positions the loss
-reads, and takes no gradient for any weight.
+Then each request's δ, added at the edit site at the last subject token of its rows, is optimised with
+Adam on its own loss (NLL of its target + KL on its KL prompts + weight decay). Requests are independent:
+their rows never meet and Adam works element by element, so optimising many in one batch gives each the
+result it gets alone, in fewer and larger passes. A request leaves the batch as soon as its loss is under
+the stop (its rows are dropped from later passes). Each pass is the one partial forward pass
+(``partial.py``): from the edited layer up, on the tokens from the last subject token on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,9 @@ import torch.nn.functional as F
 from modeledit.errors import EditFailedError
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
-from modeledit.llm.rows import Rows
+from modeledit.llm.partial import PartialForward, split_rows
+from modeledit.llm.request import Request
+from modeledit.llm.rows import Rows, build_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +42,18 @@ class ValueHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5  # times ‖δ‖ / ‖v₀‖², as the reference code writes it
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ clamp · ‖v₀‖
+    precision: str = "float32"  # "bfloat16": the passes under autocast (faster on CPUs with AMX and on GPUs)
 
 
 @dataclass
 class ValueResult:
-    k_star: torch.Tensor  # (intermediate,) averaged key
-    v0: torch.Tensor  # (hidden,) value at the bare prompt
+    k_star: torch.Tensor | None  # (intermediate,) averaged key (edit site "mlp_out" only)
+    v0: torch.Tensor  # (hidden,) value at the edit site, bare prompt
     delta: torch.Tensor  # (hidden,) optimised change of the value
     steps: int  # gradient steps
     losses: list[float] = field(default_factory=list)
     target_prob: tuple[float, float] = (0.0, 0.0)  # mean target probability before, after
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the batch it was optimised in, shared out evenly
 
 
 class frozen_weights:
@@ -65,168 +71,167 @@ class frozen_weights:
             p.requires_grad_(True)
 
 
-@dataclass
-class _Split:
-    """The rows cut at each row's last subject token: positions before it cannot be changed by δ, so
-    their keys and values are computed once (a KV cache) and each step runs only the suffix."""
-
-    prefix_ids: torch.Tensor  # (rows, P) left-padded, so that distances in the cache are true distances
-    prefix_pos: torch.Tensor  # (rows, P) their position ids
-    prefix_mask: torch.Tensor
-    suffix_ids: torch.Tensor  # (rows, S) right-padded
-    mask: torch.Tensor  # (rows, P + S) attention mask over prefix and suffix
-    suffix_pos: torch.Tensor  # (rows, S) position ids of the suffix
-    subject_cols: torch.Tensor  # (rows,) the last subject token, in suffix columns (0 where cut there)
-    target_cols: torch.Tensor  # target positions, in suffix columns
-    kl_cols: torch.Tensor
+def autocast(lm: LanguageModel, precision: str):
+    """The model's passes in ``precision`` ("float32": as they are; "bfloat16": under autocast)."""
+    if precision not in ("float32", "bfloat16"):
+        raise EditFailedError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+    return torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
-def _split(rows: Rows, window: int | None) -> _Split:
-    """Cut each row at its last subject token. Not for sliding-window attention that the rows outgrow:
-    a sliding cache keeps only the last window of the prefix, so there the rows stay whole."""
-    sp = rows.subject_pos
-    lens = rows.attention_mask.sum(1)
-    cut = sp if not window or int(lens.max()) + int(sp.max()) < window else torch.zeros_like(sp)
-    P, S = int(cut.max()), int((lens - cut).max())
-    n, dev = rows.input_ids.shape[0], rows.input_ids.device
-    prefix_ids = torch.zeros((n, P), dtype=torch.long, device=dev)  # padding: masked out, any id will do
-    prefix_mask = torch.zeros((n, P), dtype=torch.long, device=dev)
-    suffix_ids = torch.zeros((n, S), dtype=torch.long, device=dev)
-    suffix_mask = torch.zeros((n, S), dtype=torch.long, device=dev)
-    for i in range(n):
-        a, b = int(cut[i]), int(lens[i])
-        prefix_ids[i, P - a :], prefix_mask[i, P - a :] = rows.input_ids[i, :a], 1
-        suffix_ids[i, : b - a], suffix_mask[i, : b - a] = rows.input_ids[i, a:b], 1
-    return _Split(
-        prefix_ids,
-        (prefix_mask.cumsum(1) - 1).clamp(min=0),
-        prefix_mask,
-        suffix_ids,
-        torch.cat([prefix_mask, suffix_mask], 1),
-        cut[:, None] + torch.arange(S, device=dev)[None],
-        sp - cut,
-        rows.target_cols - cut[rows.target_rows],
-        rows.kl_cols - cut[rows.kl_rows],
-    )
+def _per_request(values: torch.Tensor, owner: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
+    """Σ over the entries of each request (``owner``) of ``values · weight``: (n,) or (n, dim)."""
+    return torch.zeros((n, *values.shape[1:]), dtype=values.dtype, device=values.device).index_add(0, owner, values * weight)
 
 
-class _PrefixCache:
-    """Keys and values of the prefixes at every layer, handed out as a fresh cache for each forward pass
-    (a pass appends the suffix to the cache it is given)."""
-
-    def __init__(self, lm: LanguageModel, split: _Split):
-        self.config = lm.model.config
-        self.kv = None
-        if split.prefix_ids.shape[1] == 0:
-            return
-        out = lm.model.base_model(
-            input_ids=split.prefix_ids,
-            attention_mask=split.prefix_mask,
-            position_ids=split.prefix_pos,
-            use_cache=True,
-        )
-        self.kv = [(layer.keys.detach(), layer.values.detach()) for layer in out.past_key_values.layers]
-
-    def fresh(self):
-        if self.kv is None:
-            return None
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.config)
-        for i, (k, v) in enumerate(self.kv):
-            cache.update(k, v, i)
-        return cache
-
-
-def optimise_value(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperParams) -> ValueResult:
+def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperParams, at: str = "mlp_out") -> list[ValueResult]:
+    """δ for every request of ``rows``, added at ``at`` = "mlp_out" (the MLP output projection, ROME) or
+    "block" (the block's output, MEMIT) of ``layer``."""
     t0 = time.perf_counter()
     model, layout = lm.model, lm.layout
-    proj, block = layout.mlp_out[layer], layout.blocks[layer]
-    split = _split(rows, getattr(lm.config, "sliding_window", None))
-    n_rows = rows.input_ids.shape[0]
-    every = torch.arange(n_rows, device=rows.input_ids.device)
-    t_rows, k_rows = rows.target_rows, rows.kl_rows
+    proj = layout.mlp_out[layer]
+    site = proj if at == "mlp_out" else layout.blocks[layer]
+    n, R = rows.n_requests, rows.input_ids.shape[0]
+    dev = rows.input_ids.device
+    split = split_rows(rows.input_ids, rows.attention_mask, rows.subject_pos, getattr(lm.config, "sliding_window", None))
+    pf = PartialForward(lm, layer, split)
 
-    with torch.no_grad():
-        prefix = _PrefixCache(lm, split)
+    every = torch.arange(R, device=dev)
+    owner = rows.row_request
+    subj_col = split.cols(every, rows.subject_pos)  # (R,) in suffix columns
+    t_rows, t_cols = rows.target_rows, split.cols(rows.target_rows, rows.target_cols)
+    k_rows = rows.kl_rows
+    k_cols = split.cols(k_rows, rows.kl_cols)
+    # weights that turn token log-probs into each rewrite row's token-mean, and rows into requests' means
+    rewrite = ~rows.is_kl
+    rewrite_rows = torch.bincount(owner[rewrite], minlength=n).float()
+    tokens_per_row = torch.bincount(t_rows, minlength=R).float()
+    t_weight = 1.0 / tokens_per_row[t_rows]
+    row_weight = 1.0 / rewrite_rows[owner]
+    kl_per_request = torch.bincount(owner[k_rows], minlength=n).float().clamp(min=1)
+    k_weight = 1.0 / kl_per_request[owner[k_rows]]
 
-    def forward():
-        return model.base_model(
-            input_ids=split.suffix_ids,
-            attention_mask=split.mask,
-            position_ids=split.suffix_pos,
-            past_key_values=prefix.fresh(),
-            use_cache=prefix.kv is not None,
-        ).last_hidden_state
+    def target_logprob(hidden, keep_rows):
+        """((n,), (n,)): each request's mean over its rewrite rows of the target's token-mean log-probability
+        (teacher-forced), and of the token-mean probability exp(that), on the rows kept."""
+        pos = torch.full((R,), -1, dtype=torch.long, device=dev)
+        pos[keep_rows] = torch.arange(len(keep_rows), device=dev)
+        sel = pos[t_rows] >= 0
+        logp = torch.log_softmax(lm.logits(hidden[pos[t_rows[sel]], t_cols[sel]]).float(), dim=-1)
+        tok = logp.gather(1, rows.target_ids[sel][:, None])[:, 0]
+        row_lp = _per_request(tok, t_rows[sel], t_weight[sel], R)  # (R,), 0 for rows not kept
+        mine = pos[every] >= 0
+        mine &= rewrite
+        lp = _per_request(row_lp[mine], owner[mine], row_weight[mine], n)
+        prob = _per_request(row_lp[mine].detach().exp(), owner[mine], row_weight[mine], n)
+        return lp, prob
 
-    def target_logprobs(hidden):
-        """(rewrite rows,) mean log-probability of the target tokens, teacher-forced."""
-        logp = torch.log_softmax(lm.logits(hidden[t_rows, split.target_cols]).float(), dim=-1)
-        return logp.gather(1, rows.target_ids[:, None])[:, 0].view(rows.n_rewrite, rows.target_len).mean(1)
+    def kl_logprobs(hidden, keep_rows):
+        pos = torch.full((R,), -1, dtype=torch.long, device=dev)
+        pos[keep_rows] = torch.arange(len(keep_rows), device=dev)
+        sel = pos[k_rows] >= 0
+        return torch.log_softmax(lm.logits(hidden[pos[k_rows[sel]], k_cols[sel]]).float(), dim=-1), sel
 
-    def kl_logprobs(hidden):
-        return torch.log_softmax(lm.logits(hidden[k_rows, split.kl_cols]).float(), dim=-1)
-
-    # pass 1: the unedited model on the suffixes, every layer
+    # pass 1: the unedited model, every layer
     with torch.no_grad(), Hooks(model) as hooks:
-        rec_proj = hooks.record(proj, inputs=True, outputs=True)
-        rec_block = hooks.record(block, inputs=True, outputs=False)
-        rec_first = hooks.record(layout.blocks[0], outputs=True, keep_raw=True)
-        hidden = forward()
-        kl_init = kl_logprobs(hidden)
-        p_before = target_logprobs(hidden).exp().mean().item()
-    sc = split.subject_cols
-    k_star = rec_proj.input[every, sc][: rows.n_rewrite].float().mean(0)
-    v0 = rec_proj.output[0, sc[0]].float()  # row 0 is the bare template "{}"
-    h_in = rec_block.input.detach()
-    if not (torch.isfinite(k_star).all() and torch.isfinite(v0).all() and torch.isfinite(kl_init).all()):
+        rec_proj = hooks.record(proj, inputs=True, outputs=at == "mlp_out")
+        rec_site = rec_proj if at == "mlp_out" else hooks.record(site, outputs=True)
+        hidden = pf.first(hooks)
+        kl_init, _ = kl_logprobs(hidden, every)
+        p_before = target_logprob(hidden, every)[1]
+    first = rows.first_rows
+    v0 = rec_site.output[first, subj_col[first]].float()  # (n, hidden)
+    k_star = None
+    if at == "mlp_out":
+        keys = rec_proj.input[every, subj_col].float()
+        k_star = _per_request(keys[rewrite], owner[rewrite], row_weight[rewrite][:, None], n)
+    if not (torch.isfinite(v0).all() and torch.isfinite(kl_init).all() and (k_star is None or torch.isfinite(k_star).all())):
         raise EditFailedError("the unedited model produces non-finite activations on this request; check the model's dtype")
 
-    delta = torch.zeros(v0.shape[0], dtype=torch.float32, device=v0.device, requires_grad=True)
+    delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
-    at_subject = torch.zeros(split.suffix_ids.shape + (1,), device=v0.device)
-    at_subject[every, sc] = 1.0
-    max_norm = hp.clamp_norm_factor * v0.norm()
-    losses: list[float] = []
-    p_after = p_before
-    step = 0
+    v0_norm = v0.norm(dim=1)
+    max_norm = hp.clamp_norm_factor * v0_norm
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    kept = every  # rows still run (those of active requests)
+    final: list[torch.Tensor | None] = [None] * n
+    steps, losses = [0] * n, [[] for _ in range(n)]
+    p_after = p_before.clone()
+
+    def add_delta(out):
+        return out.index_put((torch.arange(len(kept), device=dev), subj_col[kept]), out[torch.arange(len(kept), device=dev), subj_col[kept]] + delta[owner[kept]].to(out.dtype))
 
     with frozen_weights(model), Hooks(model) as hooks:
-        for i in range(layer):  # lower layers: their output (= the edited layer's input) is known
-            hooks.skip(layout.blocks[i], like=rec_first.raw_output)
-        hooks.replace_input(block, h_in)
-        hooks.edit_output(proj, lambda out: out + (at_subject * delta).to(out.dtype))
+        pf.install(hooks)
+        hooks.edit_output(site, add_delta)
         for step in range(hp.steps):
             opt.zero_grad(set_to_none=True)
-            hidden = forward()
-            tgt_lp = target_logprobs(hidden)
-            nll = -tgt_lp.mean()
-            kl = F.kl_div(kl_init, kl_logprobs(hidden), log_target=True, reduction="batchmean")
-            decay = hp.weight_decay * delta.norm() / v0.norm() ** 2
-            loss = nll + hp.kl_factor * kl + decay
-            if not torch.isfinite(loss):
+            with autocast(lm, hp.precision):
+                hidden = pf()
+            tgt_lp, p_now = target_logprob(hidden, kept)
+            kl_new, sel = kl_logprobs(hidden, kept)
+            kl_rows_kept = k_rows[sel]
+            kl_each = F.kl_div(kl_init[sel], kl_new, log_target=True, reduction="none").sum(-1)
+            kl = _per_request(kl_each, owner[kl_rows_kept], k_weight[sel], n)
+            decay = hp.weight_decay * delta.norm(dim=1) / v0_norm**2
+            loss = -tgt_lp + hp.kl_factor * kl + decay  # (n,): each request's own loss
+            live = loss[active]
+            if not torch.isfinite(live).all():
                 raise EditFailedError(
                     f"value optimisation diverged (non-finite loss at step {step}); lower the learning rate "
                     f"(now {hp.lr}) or the clamp factor (now {hp.clamp_norm_factor})"
                 )
-            losses.append(loss.item())
-            p_after = tgt_lp.detach().exp().mean().item()
-            log.debug("step %d: loss %.3f = nll %.3f + kl %.3f + decay %.3f; p(target) %.3f",
-                      step, losses[-1], nll.item(), kl.item(), decay.item(), p_after)
-            if losses[-1] < hp.loss_stop or step == hp.steps - 1:
-                break
-            loss.backward()
+            with torch.no_grad():
+                finished = active & ((loss < hp.loss_stop) | (step == hp.steps - 1))
+                for i in active.nonzero()[:, 0].tolist():
+                    losses[i].append(float(loss[i].detach()))
+                    p_after[i] = p_now[i]
+                    if finished[i]:
+                        final[i], steps[i] = delta[i].detach().clone(), step
+            log.debug("step %d: %d of %d requests active, mean loss %.3f", step, int(active.sum()), n, float(live.detach().mean()))
+            if finished.any():
+                active &= ~finished
+                if not active.any():
+                    break
+                kept = every[active[owner]]
+                pf.select(kept)
+            loss[active].sum().backward()
             opt.step()
             with torch.no_grad():
-                n = delta.norm()
-                if n > max_norm:
-                    delta.mul_(max_norm / n)
-    return ValueResult(
-        k_star=k_star,
-        v0=v0,
-        delta=delta.detach(),
-        steps=step,  # gradient steps taken
-        losses=losses,
-        target_prob=(p_before, p_after),
-        seconds=time.perf_counter() - t0,
-    )
+                norms = delta.norm(dim=1)
+                scale = torch.where(norms > max_norm, max_norm / norms.clamp(min=1e-12), torch.ones_like(norms))
+                delta.mul_(scale[:, None])
+    seconds = (time.perf_counter() - t0) / n
+    return [
+        ValueResult(
+            k_star=None if k_star is None else k_star[i],
+            v0=v0[i],
+            delta=final[i],
+            steps=steps[i],
+            losses=losses[i],
+            target_prob=(float(p_before[i]), float(p_after[i])),
+            seconds=seconds,
+        )
+        for i in range(n)
+    ]
+
+
+def compute_values(
+    lm: LanguageModel,
+    layer: int,
+    requests: Sequence[Request],
+    templates: Sequence[str],
+    kl_prompts: Sequence[str],
+    hp: ValueHyperParams,
+    *,
+    at: str = "mlp_out",
+    chunk: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ValueResult]:
+    """``optimise_values`` over ``requests``, ``chunk`` requests per batch."""
+    out: list[ValueResult] = []
+    for b in range(0, len(requests), chunk):
+        rows = build_rows(lm, requests[b : b + chunk], templates, kl_prompts)
+        out += optimise_values(lm, layer, rows, hp, at)
+        if progress:
+            progress(len(out), len(requests))
+    return out

@@ -1,8 +1,11 @@
 """CounterFact (Meng et al. 2022): load both forms and score an edit as the ROME paper defines it.
 
-- Efficacy: on the rewrite prompt, is log P(new) > log P(true)? (summed token log-probs, teacher-forced)
+- Efficacy: on the rewrite prompt, does the new answer beat the true one? Answers are compared by their
+  token-mean log-probability, teacher-forced, as the reference evaluation does (``compare="mean"``, the
+  default); ``compare="sum"`` compares summed log-probabilities instead, which favours the shorter answer
+  and does not reproduce the papers' tables (the summary names the comparison used).
 - Paraphrase: the same on paraphrases. Neighbourhood: on prompts about other subjects that share the
-  true answer, is log P(true) > log P(new)?
+  true answer, does the true answer beat the new one?
 - Magnitudes: the differences of token-mean probabilities exp(mean log-prob).
 - Score S: harmonic mean of ES, PS, NS. Generation entropy GE: n-gram entropy of free generations.
 
@@ -87,18 +90,27 @@ def load_counterfact(path: str | Path, limit: int | None = None) -> list[Counter
 
 
 class CounterFact:
-    """The CounterFact benchmark for the evaluation loop: per-case scores and their summary."""
+    """The CounterFact benchmark for the evaluation loop: cases, their requests, per-case scores and their summary."""
 
     name = "counterfact"
 
-    def __init__(self, gen_tokens: int = 40, gen_seed: int = 0):
+    def __init__(self, gen_tokens: int = 40, gen_seed: int = 0, compare: str = "mean"):
+        if compare not in ("mean", "sum"):
+            raise ModelEditError(f"compare must be 'mean' (the papers' token-mean log-probability) or 'sum', not {compare!r}")
         self.gen_tokens = gen_tokens
         self.gen_seed = gen_seed
+        self.compare = compare
 
-    def request(self, case: CounterFactCase) -> Request:
-        return case.request
+    def config(self) -> dict[str, Any]:
+        return {"gen_tokens": self.gen_tokens, "gen_seed": self.gen_seed, "answer_comparison": self.compare}
 
-    def score(self, lm: LanguageModel, case: CounterFactCase) -> dict[str, Any]:
+    def load(self, path: str | Path, limit: int | None = None) -> list[CounterFactCase]:
+        return load_counterfact(path, limit)
+
+    def requests(self, case: CounterFactCase) -> list[Request]:
+        return [case.request]
+
+    def score(self, lm: LanguageModel, case: CounterFactCase, reference: dict[str, Any] | None = None) -> dict[str, Any]:
         """Case-level metrics as fractions (the summary multiplies by 100)."""
         new, true = case.request.target, case.request.target_true
         groups = {
@@ -113,11 +125,12 @@ class CounterFact:
             wins, mags = [], []
             for _ in prompts:
                 s_new, s_true = next(scored), next(scored)
+                v_new, v_true = (s_new.mean_logprob, s_true.mean_logprob) if self.compare == "mean" else (s_new.logprob, s_true.logprob)
                 if g == "neighborhood":
-                    wins.append(float(s_true.logprob > s_new.logprob))
+                    wins.append(float(v_true > v_new))
                     mags.append(s_true.mean_prob - s_new.mean_prob)
                 else:
-                    wins.append(float(s_new.logprob > s_true.logprob))
+                    wins.append(float(v_new > v_true))
                     mags.append(s_new.mean_prob - s_true.mean_prob)
             out[f"{g}_score"] = mean(wins)
             out[f"{g}_magnitude"] = mean(mags)
@@ -136,4 +149,5 @@ class CounterFact:
             m = {k: 100 * mean(r[phase][k] for r in records if k in r[phase]) for k in METRICS if k != "score"}
             m["score"] = harmonic_mean([m["efficacy_score"], m["paraphrase_score"], m["neighborhood_score"]])
             summary[phase] = {k: m[k] for k in METRICS}
+        summary["answer_comparison"] = self.compare
         return summary

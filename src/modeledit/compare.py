@@ -1,0 +1,162 @@
+"""The comparison of editing methods on the same cases: the ROME paper's table, as Markdown, JSON and a
+chart. Each method runs through the one evaluation loop in its own directory (so each is resumable on
+its own); the unedited model's row comes from the runs' "pre" scores, which must agree."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from modeledit.errors import RequestError
+from modeledit.report import write_json
+
+log = logging.getLogger(__name__)
+
+# (key in the summary, column title) per benchmark; quality metrics first
+COLUMNS = {
+    "counterfact": [("efficacy_score", "ES"), ("paraphrase_score", "PS"), ("neighborhood_score", "NS"), ("score", "S"),
+                    ("efficacy_magnitude", "EM"), ("paraphrase_magnitude", "PM"), ("neighborhood_magnitude", "NM"),
+                    ("generation_entropy", "GE")],
+    "zsre": [("efficacy", "Efficacy"), ("paraphrase", "Paraphrase"), ("specificity", "Specificity"),
+             ("locality_accuracy", "Loc. acc.")],
+}
+CHART = {"counterfact": ["efficacy_score", "paraphrase_score", "neighborhood_score", "score"],
+         "zsre": ["efficacy", "paraphrase", "specificity"]}
+
+
+def parse_spec(spec: str, batch_size: int) -> tuple[str, int, str]:
+    """``"memit@200"`` -> ("memit", 200, "memit@200"); ``"rome"`` -> ("rome", batch_size, label)."""
+    from modeledit.methods import method_class
+
+    name, at, b = spec.strip().partition("@")
+    if at:
+        try:
+            batch_size = int(b)
+        except ValueError:
+            raise RequestError("methods", f"{spec!r}: write METHOD@BATCH_SIZE with a whole number, e.g. memit@200") from None
+        if batch_size < 1:
+            raise RequestError("methods", f"{spec!r}: the batch size must be at least 1")
+    cls = method_class(name)
+    if cls.family != "llm":
+        raise RequestError("methods", f"{name!r} edits {cls.family} models, not language models")
+    return name.lower(), batch_size, name.lower() + (f"@{batch_size}" if at or batch_size != 1 else "")
+
+
+def compare_runs(
+    lm: Any,
+    methods: Sequence[str],
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    benchmark: str = "counterfact",
+    limit: int | None = None,
+    batch_size: int = 1,
+    gen_tokens: int = 40,
+    settings: dict[str, dict[str, Any]],
+    progress: Callable[[str, int, int], None] | None = None,
+    prepare_progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    from modeledit.api import evaluate
+    from modeledit.methods import get_method
+
+    if benchmark not in COLUMNS:
+        raise RequestError("benchmark", f"unknown benchmark {benchmark!r}: choose one of {', '.join(COLUMNS)}")
+    specs = [parse_spec(s, batch_size) for s in methods]
+    if not specs:
+        raise RequestError("methods", "name at least one method, e.g. rome,memit")
+    labels = [label for _, _, label in specs]
+    if len(set(labels)) != len(labels):
+        raise RequestError("methods", f"a method is named twice: {', '.join(labels)}")
+    chosen = {name: get_method(name, **settings.get(name, {})) for name, _, _ in specs}  # bad settings fail before any work
+    out = Path(out_dir)
+    runs = []
+    for name, b, label in specs:
+        log.info("comparison: %s", label)
+        summary = evaluate(
+            lm, data, out / label, method=chosen[name], benchmark=benchmark, limit=limit, batch_size=b, gen_tokens=gen_tokens,
+            progress=(lambda d, t, _l=label: progress(_l, d, t)) if progress else None,
+            prepare_progress=(lambda d, t, _l=label: prepare_progress(_l, d, t)) if prepare_progress else None,
+        )
+        runs.append((label, summary))
+    result = comparison(runs, benchmark, lm.name, str(data))
+    write_json(out / "comparison.json", result)
+    (out / "comparison.md").write_text(markdown(result), encoding="utf-8")
+    chart(result, out / "comparison.png")
+    return result
+
+
+def comparison(runs: Sequence[tuple[str, dict[str, Any]]], benchmark: str, model: str, data: str) -> dict[str, Any]:
+    """The rows of the table: the unedited model, then each run."""
+    cols = [k for k, _ in COLUMNS[benchmark]]
+    pre = runs[0][1]["pre"]
+    for label, s in runs[1:]:
+        off = [k for k in cols if abs(s["pre"].get(k, 0) - pre.get(k, 0)) > 1e-6 and k != "generation_entropy"]
+        if off or s["n"] != runs[0][1]["n"]:
+            log.warning("the unedited scores of %s differ from %s's (%s): were the runs made on other cases?", label, runs[0][0], off)
+    rows = [{"method": "unedited", "batch_size": None, **{k: pre.get(k) for k in cols}, "seconds_per_edit": None,
+             "peak_rss_mb": None, "gradient_steps_mean": None, "failed_edits": None}]
+    for label, s in runs:
+        c = s["cost"]
+        rows.append({"method": label, "batch_size": s["batch_size"], **{k: s["post"].get(k) for k in cols},
+                     "seconds_per_edit": c["seconds_per_edit_median"], "peak_rss_mb": c["peak_rss_mb"],
+                     "gradient_steps_mean": c.get("gradient_steps_mean"), "failed_edits": s["failed_edits"]})
+    return {"benchmark": benchmark, "model": model, "data": data, "n": runs[0][1]["n"],
+            "answer_comparison": runs[0][1].get("answer_comparison"), "columns": cols, "rows": rows}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    titles = dict(COLUMNS[result["benchmark"]])
+    head = ["method"] + [titles[k] for k in result["columns"]] + ["s / edit", "peak MiB", "steps"]
+    lines = [
+        f"{result['benchmark']}, {result['n']} cases of {Path(result['data']).name}, {result['model']} (scores ×100"
+        + (f"; answers compared by their {result['answer_comparison']} token log-probability" if result.get("answer_comparison") else "")
+        + ")",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    fmt = lambda v, f="{:.1f}": "—" if v is None else f.format(v)  # noqa: E731
+    for r in result["rows"]:
+        cells = [r["method"]] + [fmt(r[k]) for k in result["columns"]]
+        cells += [fmt(r["seconds_per_edit"], "{:.2f}"), fmt(r["peak_rss_mb"], "{:.0f}"), fmt(r["gradient_steps_mean"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "s / edit: median seconds per edited request (a batch's time shared out over its requests); "
+              "peak MiB: peak resident memory of the run; steps: mean gradient steps per edit."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict[str, Any], path: Path) -> Path:
+    """Grouped bars (one group per quality metric, one bar per method) and the seconds per edit beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = dict(COLUMNS[result["benchmark"]])
+    metrics = CHART[result["benchmark"]]
+    rows = result["rows"]
+    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(rows)
+    colors = plt.get_cmap("tab10")
+    for i, r in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
+        ys = [r[m] or 0.0 for m in metrics]
+        color = "0.6" if r["method"] == "unedited" else colors(i - 1)
+        bars = ax.bar(xs, ys, width, label=r["method"], color=color)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(metrics)), [titles[m] for m in metrics])
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("score (×100, higher is better)")
+    ax.set_title(f"{result['benchmark']}: {result['n']} cases, {result['model']}")
+    ax.legend(fontsize=8, ncol=min(len(rows), 4), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    timed = [r for r in rows if r["seconds_per_edit"] is not None]
+    ax_t.barh([r["method"] for r in timed], [r["seconds_per_edit"] for r in timed],
+              color=[colors(rows.index(r) - 1) for r in timed])
+    ax_t.invert_yaxis()
+    ax_t.set_xlabel("seconds per edit (median)")
+    ax_t.set_title("cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

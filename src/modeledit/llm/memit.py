@@ -1,0 +1,226 @@
+"""MEMIT: Mass-Editing Memory in a Transformer (Meng et al., ICLR 2023), many facts in one update.
+
+For a batch of facts, MEMIT
+
+1. finds for each fact a target z_i for the residual stream (the output of the last block L of a range of
+   layers) at the subject's last token, such that the model says the new object: z_i = h_i + δ_i, δ_i
+   optimised as in ROME (value.py, edit site "block"), ‖δ_i‖ ≤ 0.75‖h_i‖;
+2. spreads the needed change over the MLP output projections of the range, lowest layer first: at layer l
+   (the i-th of the range) the keys K (the projection's inputs at the subject's last token, averaged over
+   the same context templates as ROME) and the residual R = (z − h(L)) / (layers left) are computed on the
+   model already holding the updates of the layers below, and
+
+       ΔW_l = R Kᵀ (λ·C_l + K Kᵀ)⁻¹        (solved in float64; C_l = E[k kᵀ] from the cached statistics)
+
+   so that the new keys are mapped to their share of the target while the keys of the corpus, weighted by
+   λ, keep their values as far as possible.
+
+Paper defaults (GPT-2 XL): layers 13–17 of 48, λ = 20,000 (kept here relative to the key width: see
+``MEMITHyperParams.lam``), clamp 0.75, 20 Adam steps at lr 0.5, KL factor
+0.0625, weight decay 0.5. Default layers here: the MLP window of causal tracing around the peak when the
+model has been traced (``modeledit trace-many --set-layer``), else the paper's placement scaled to the
+model's depth (13/48 … 17/48: layers 8–10 of SmolLM2's 30).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+from modeledit.errors import EditFailedError, RequestError
+from modeledit.llm.contexts import context_templates
+from modeledit.llm.hooks import Hooks
+from modeledit.llm.method import LLMMethod
+from modeledit.llm.model import LanguageModel, chosen_layer
+from modeledit.llm.request import Request
+from modeledit.llm.rome import check_layers
+from modeledit.llm.rows import build_rows
+from modeledit.llm.stats import StatsConfig, second_moments
+from modeledit.llm.value import ValueHyperParams, compute_values
+from modeledit.patch import Delta, Patch, add_delta
+
+log = logging.getLogger(__name__)
+
+PAPER_RANGE = (13 / 48, 17 / 48)  # GPT-2 XL's layers 13–17 of 48
+PAPER_LAMBDA, PAPER_KEY_WIDTH = 20_000.0, 6400  # GPT-2 XL's λ and MLP width
+
+
+def default_layers(lm: LanguageModel) -> tuple[list[int], str]:
+    """The layer range for this model, and why."""
+    from modeledit.llm.trace import window_layers
+
+    n = lm.layout.n_layers
+    choice = chosen_layer(lm)
+    if choice is not None and isinstance(choice.get("window"), int):
+        layers = list(window_layers(choice["layer"], choice["window"], n))
+        return layers, f"causal tracing: the MLP window ({choice['window']} layers) around the peak at layer {choice['layer']}"
+    lo, hi = round(PAPER_RANGE[0] * n), min(n - 1, int(PAPER_RANGE[1] * n))
+    return list(range(min(lo, hi), hi + 1)), f"default: the paper's placement (layers 13–17 of GPT-2 XL's 48) scaled to {n} layers"
+
+
+@dataclass(frozen=True)
+class MEMITHyperParams:
+    """Defaults from the paper and its code (GPT-2 XL)."""
+
+    layers: tuple[int, ...] | None = None  # None: default_layers(model)
+    context_spec: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    context_seed: int = 0
+    kl_prompt: str = "{} is a"
+    lr: float = 0.5
+    steps: int = 20
+    loss_stop: float = 0.05
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75  # ‖δ‖ ≤ 0.75‖h‖ at the residual stream
+    mom2_update_weight: float | None = None  # λ; None: the paper's 20,000 at GPT-2 XL's key width, scaled (see lam)
+    stats_tokens: int = 100_000
+    stats_max_len: int = 256
+    corpus: str | tuple[str, ...] | None = None
+    value_batch: int = 16  # requests whose targets are optimised together (speed only: results are the same)
+    key_batch: int = 64  # requests per pass when reading keys
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "loss_stop", "clamp_norm_factor", "mom2_update_weight"):
+            v = getattr(self, name)
+            if name == "mom2_update_weight" and v is None:
+                continue
+            if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
+                raise RequestError(name, f"must be a positive finite number, got {v!r}")
+        for name in ("steps", "value_batch", "key_batch"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise RequestError(name, f"must be a positive integer, got {getattr(self, name)!r}")
+        if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)):
+            raise RequestError("layers", f"{self.layers!r}: give distinct layers in increasing order, e.g. 8,9,10")
+
+    @property
+    def stats(self) -> StatsConfig:
+        return StatsConfig(corpus=self.corpus, n_tokens=self.stats_tokens, max_len=self.stats_max_len)
+
+    @property
+    def value(self) -> ValueHyperParams:
+        return ValueHyperParams(self.lr, self.steps, self.loss_stop, self.kl_factor, self.weight_decay, self.clamp_norm_factor)
+
+    def lam(self, key_width: int) -> float:
+        """λ for keys of ``key_width`` dimensions. A key k is written with weight kᵀ(λC)⁻¹k / (1 + kᵀ(λC)⁻¹k),
+        and kᵀC⁻¹k ≈ key_width for a typical key: the paper's λ = 20,000 was set for GPT-2 XL's 6,400-wide
+        keys (15,000 for GPT-J's 16,384), so by default λ keeps GPT-2 XL's ratio key_width / λ."""
+        return self.mom2_update_weight if self.mom2_update_weight is not None else PAPER_LAMBDA * key_width / PAPER_KEY_WIDTH
+
+
+def memit_update(resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, A) with ΔW = R Aᵀ of shape (out, in), for residuals ``resid`` (n, out) and keys ``keys`` (n, in):
+    R = residsᵀ, A = (λC + KKᵀ)⁻¹K with K = keysᵀ; in float64.
+
+    ΔW minimises Σᵢ‖ΔW kᵢ − rᵢ‖² + λ·tr(ΔW C ΔWᵀ): the new keys get their residuals, and the corpus's keys
+    (second moment C) move as little as possible."""
+    K = keys.to(torch.float64).T  # (in, n)
+    A = torch.linalg.solve(lam * C.to(torch.float64) + K @ K.T, K)  # (in, n)
+    R = resid.to(torch.float64).T  # (out, n)
+    if not (torch.isfinite(A).all() and torch.isfinite(R).all()):
+        raise EditFailedError("the MEMIT solve is not finite (statistics ill-conditioned?); collect them over more tokens")
+    return R, A
+
+
+class MEMIT(LLMMethod):
+    name = "memit"
+    HyperParams = MEMITHyperParams
+    joint = True
+
+    def layers(self, lm: LanguageModel) -> list[int]:
+        layers = list(self.hparams.layers) if self.hparams.layers is not None else default_layers(lm)[0]
+        check_layers(lm, layers, "layers")
+        return layers
+
+    def layers_reason(self, lm: LanguageModel) -> str:
+        return "chosen by the user" if self.hparams.layers is not None else default_layers(lm)[1]
+
+    def prepare(self, lm: LanguageModel, progress=None) -> None:
+        second_moments(lm, self.layers(lm), self.hparams.stats, progress)  # every layer of the range in one pass
+        context_templates(lm, self.hparams.context_spec, self.hparams.context_seed)
+
+    def edit_batch(self, lm: LanguageModel, requests: list[Request], progress=None) -> Patch:
+        hp = self.hparams
+        layers = self.layers(lm)
+        last = layers[-1]
+        t0 = time.perf_counter()
+        moments = second_moments(lm, layers, hp.stats)
+        templates = context_templates(lm, hp.context_spec, hp.context_seed)
+        values = compute_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch,
+                                progress=progress)
+        t_values = time.perf_counter() - t0
+        z = torch.stack([v.v0 + v.delta for v in values])  # (n, hidden) targets of the residual stream at `last`
+
+        deltas: dict[str, Delta] = {}
+        layout = lm.layout
+        with ExitStack() as applied:  # each layer's update is made on the model holding the ones below
+            for i, layer in enumerate(layers):
+                keys = _subject_keys(lm, layer, requests, templates, hp.key_batch)  # (n, inter)
+                now = _residual_at(lm, last, requests)  # (n, hidden)
+                resid = (z - now) / (len(layers) - i)
+                R, A = memit_update(resid, keys, moments[layer], hp.lam(lm.layout.intermediate_size))
+                name = layout.weight_name(layer)
+                # the update as low-rank factors while that is smaller than the dense matrix
+                W = lm.model.get_parameter(name)
+                out_dim, in_dim = R.shape[0], A.shape[0]
+                if layout.mlp_out_transposed:
+                    d = Delta(left=A.float(), right=R.float())
+                else:
+                    d = Delta(left=R.float(), right=A.float())
+                if len(requests) * (out_dim + in_dim) >= out_dim * in_dim:
+                    d = Delta(dense=d.materialize(W).cpu())
+                deltas[name] = d
+                applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
+                log.info("MEMIT layer %d: residual norm %.3f", layer, float(resid.norm(dim=1).mean()))
+            final = _residual_at(lm, last, requests)
+        info = {
+            "layers": layers,
+            "layers_reason": self.layers_reason(lm),
+            "modules": [layout.mlp_out[l] for l in layers],
+            "n_requests": len(requests),
+            "gradient_steps": sum(v.steps for v in values) / len(values),
+            "per_request": {
+                "gradient_steps": [v.steps for v in values],
+                "target_prob_before": [v.target_prob[0] for v in values],
+                "target_prob_after_value_opt": [v.target_prob[1] for v in values],
+            },
+            "target_distance_left": float((final - z).norm(dim=1).mean() / (z - torch.stack([v.v0 for v in values])).norm(dim=1).mean().clamp(min=1e-12)),
+            "value_seconds": t_values,
+            "seconds": time.perf_counter() - t0,
+        }
+        return self.patch(lm, deltas, requests, {**asdict(hp), "layers": layers, "mom2_update_weight": hp.lam(layout.intermediate_size)}, info)
+
+
+@torch.no_grad()
+def _subject_keys(lm: LanguageModel, layer: int, requests: Sequence[Request], templates: Sequence[str], batch: int) -> torch.Tensor:
+    """(n, inter) each request's key at ``layer``: the MLP projection's input at the last subject token,
+    averaged over the context templates (one forward pass per ``batch`` requests, stopped after ``layer``)."""
+    proj = lm.layout.mlp_out[layer]
+    out = []
+    for b in range(0, len(requests), batch):
+        rows = build_rows(lm, requests[b : b + batch], templates, ())
+        with Hooks(lm.model) as hooks:
+            rec = hooks.record(proj, inputs=True, outputs=False)
+            hooks.stop_after(proj)
+            lm.model.base_model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)
+        k = rec.input[torch.arange(len(rows.subject_pos)), rows.subject_pos].to(torch.float64)
+        n = rows.n_requests
+        sums = torch.zeros(n, k.shape[1], dtype=torch.float64, device=k.device).index_add(0, rows.row_request, k)
+        out.append(sums / torch.bincount(rows.row_request, minlength=n)[:, None])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _residual_at(lm: LanguageModel, layer: int, requests: Sequence[Request]) -> torch.Tensor:
+    """(n, hidden) the output of block ``layer`` at the last subject token of each bare prompt."""
+    rows = build_rows(lm, list(requests), ["{}"], ())
+    block = lm.layout.blocks[layer]
+    with Hooks(lm.model) as hooks:
+        rec = hooks.record(block, outputs=True)
+        hooks.stop_after(block)
+        lm.model.base_model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)
+    return rec.output[torch.arange(len(rows.subject_pos)), rows.subject_pos].to(torch.float64).float()

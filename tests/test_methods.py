@@ -1,0 +1,173 @@
+"""Every registered LM method through one conformance check, and the batch interface's rules."""
+
+import pytest
+import torch
+
+from modeledit import Patch, Request, RequestError, edit, get_method, list_methods
+from modeledit.llm.method import as_requests, parse_settings
+from modeledit.llm.score import score_continuations
+
+from conftest import same_state, state_bytes
+
+REQS = [
+    Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris"),
+    Request("{} plays the sport of", "Michael Jordan", " chess", " basketball"),
+]
+# quick settings for a tiny random model; every registered LM method must pass with these (or its defaults)
+QUICK = {
+    "rome": dict(layer=1, stats_tokens=3000, context_spec=((5, 2),), steps=8),
+    "memit": dict(layers=(1, 2), stats_tokens=3000, context_spec=((5, 2),), steps=8),
+    "ft-l": dict(layers=(1,)),
+    "ft-m": dict(layers=(1,)),
+    "lora": dict(layers=(1, 2)),
+}
+
+
+def _mean_target_logprob(lm, reqs):
+    return sum(c.mean_logprob for c in score_continuations(lm, [(r.text, r.target) for r in reqs])) / len(reqs)
+
+
+def test_the_registry_knows_each_family():
+    assert set(list_methods("llm")) == {"rome", "memit", "ft-l", "ft-m", "lora"}
+    assert list_methods("classifier") == ["enn"]
+    assert set(list_methods("diffusion")) == {"repaint", "imagic"}
+    for name in list_methods("llm"):
+        m = get_method(name)
+        assert m.family == "llm" and isinstance(m.joint, bool)
+    assert get_method("memit").joint and not get_method("rome").joint
+
+
+@pytest.mark.parametrize("name", list_methods("llm"))
+def test_every_lm_method_conforms(tiny_factory, tmp_path, monkeypatch, name):
+    """edit a batch -> weights untouched; apply -> only the patch's parameters change and the targets
+    gain; revert -> bit-exact; save/load -> the same patch, applying to the same weights."""
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
+    lm = tiny_factory("llama")
+    before = state_bytes(lm.model)
+    method = get_method(name, **QUICK.get(name, {}))
+    method.prepare(lm)
+    patch = method.edit(lm, REQS)
+    assert isinstance(patch, Patch)
+    assert same_state(lm.model, before), "edit() must leave the weights as they were"
+    assert [Request.from_dict(r) for r in patch.requests] == REQS
+    assert all(p.requires_grad for p in lm.model.parameters()), "gradients must be switched back on"
+    lp0 = _mean_target_logprob(lm, REQS)
+    with patch.applied(lm):
+        lp1 = _mean_target_logprob(lm, REQS)
+        now = lm.model.state_dict()
+        changed = {k for k in before if not torch.equal(now[k], before[k])}
+        edited = {k: v.clone() for k, v in now.items()}
+    assert changed and changed <= set(patch.parameters)
+    assert lp1 > lp0 + 1e-3, f"{name}: the targets' log-probability did not rise ({lp0:.4f} -> {lp1:.4f})"
+    assert same_state(lm.model, before), "revert must restore the exact bytes"
+    f = patch.save(tmp_path / "p.safetensors")
+    again = Patch.load(f)
+    assert again.requests == patch.requests and again.parameters == patch.parameters
+    assert [e.method for e in again.entries] == [e.method for e in patch.entries]
+    with again.applied(lm):
+        assert same_state(lm.model, edited)
+    assert same_state(lm.model, before)
+    for e in patch.entries:
+        assert e.info["gradient_steps"] >= 1
+
+
+def test_a_method_that_edits_one_at_a_time_composes_its_edits(tiny_factory, tmp_path, monkeypatch):
+    """ROME on a batch: the second edit is computed on the model holding the first."""
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
+    lm = tiny_factory("llama")
+    rome = get_method("rome", **QUICK["rome"])
+    both = rome.edit(lm, REQS)
+    assert len(both.entries) == 2
+    first = rome.edit(lm, REQS[0])
+    with first.applied(lm):
+        second = rome.edit(lm, REQS[1])
+    for a, b in zip(both.entries, first.entries + second.entries):
+        assert a.before == b.before and a.after == b.after
+
+
+def test_bad_batches_are_refused_and_nothing_changes(tiny_factory):
+    lm = tiny_factory("llama")
+    before = state_bytes(lm.model)
+    with pytest.raises(RequestError, match="empty"):
+        edit(lm, [], method="memit")
+    clash = [REQS[0], Request("{} is located in the city of", "The Eiffel Tower", " London")]
+    with pytest.raises(RequestError, match="' Rome' and ' London'"):
+        edit(lm, clash, method="memit")
+    assert as_requests([REQS[0], REQS[0]]) == [REQS[0], REQS[0]]  # the same target twice is no conflict
+    with pytest.raises(RequestError, match="layers"):
+        edit(lm, REQS, method="memit", layers=(2, 7))
+    with pytest.raises(RequestError, match="layers"):
+        edit(lm, REQS, method="ft-m", layers=(9,))
+    with pytest.raises(RequestError, match="rank"):
+        edit(lm, REQS, method="lora", rank=100)  # the tiny model's MLP is 64 -> 32
+    assert same_state(lm.model, before)
+
+
+def test_memit_solves_its_least_squares_problem():
+    from modeledit.llm.memit import memit_update
+
+    torch.manual_seed(0)
+    n, d_in, d_out, lam = 5, 12, 7, 3.0
+    keys, resid = torch.randn(n, d_in, dtype=torch.float64), torch.randn(n, d_out, dtype=torch.float64)
+    A0 = torch.randn(d_in, d_in, dtype=torch.float64)
+    C = A0 @ A0.T / d_in + 0.1 * torch.eye(d_in, dtype=torch.float64)
+    R, A = memit_update(resid, keys, C, lam)
+    dW = R @ A.T  # (out, in)
+    # the normal equations of min Σ‖ΔW kᵢ − rᵢ‖² + λ tr(ΔW C ΔWᵀ): ΔW (λC + KKᵀ) = R Kᵀ
+    K = keys.T
+    assert torch.allclose(dW @ (lam * C + K @ K.T), resid.T @ keys, atol=1e-9)
+    # with little regularisation the keys get their residuals exactly
+    R, A = memit_update(resid, keys, C, 1e-9)
+    assert torch.allclose((R @ A.T) @ K, resid.T, atol=1e-5)
+
+
+def test_values_optimised_together_equal_values_optimised_alone(tiny_factory):
+    """Batching the target optimisation is for speed only: each request gets what it gets alone."""
+    from modeledit.llm.rows import build_rows
+    from modeledit.llm.value import ValueHyperParams, optimise_values
+
+    lm = tiny_factory("llama")
+    templates = ["{}", "Some words before it. {}", "A longer sentence that comes first here. {}"]
+    hp = ValueHyperParams(steps=6, loss_stop=1e-9)
+    reqs = REQS + [Request("{} was written in", "Hamlet", " Latin")]
+    for at in ("mlp_out", "block"):
+        together = optimise_values(lm, 2, build_rows(lm, reqs, templates), hp, at)
+        for r, t in zip(reqs, together):
+            (alone,) = optimise_values(lm, 2, build_rows(lm, r, templates), hp, at)
+            assert t.steps == alone.steps
+            assert torch.allclose(t.delta, alone.delta, atol=1e-4, rtol=1e-3)
+            assert torch.allclose(t.v0, alone.v0, atol=1e-5)
+            if at == "mlp_out":
+                assert torch.allclose(t.k_star, alone.k_star, atol=1e-5)
+
+
+def test_ft_l_keeps_every_weight_within_its_bound(tiny_factory):
+    lm = tiny_factory("llama")
+    bound = get_method("ft-l").hparams.norm_constraint
+    assert bound == 5e-4
+    (d,) = edit(lm, REQS, method="ft-l", layers=(1,), lr=1e-2).entries[0].deltas.values()
+    assert d.dense.abs().max() <= bound + 1e-6  # up to the float32 rounding of w0 + Δ − w0
+    (d,) = edit(lm, REQS, method="ft-m", layers=(1,), lr=1e-2).entries[0].deltas.values()
+    assert d.dense.abs().max() > 10 * bound
+
+
+def test_lora_leaves_no_adapter_behind(tiny_factory):
+    lm = tiny_factory("llama")
+    types = {n: type(m) for n, m in lm.model.named_modules()}
+    patch = edit(lm, REQS, method="lora", layers=(1, 2), rank=4)
+    assert {n: type(m) for n, m in lm.model.named_modules()} == types
+    assert all(d.rank == 4 for d in patch.entries[0].deltas.values())
+    assert all(p.requires_grad for p in lm.model.parameters())
+
+
+def test_settings_are_checked_against_the_dataclass():
+    from modeledit.llm.memit import MEMITHyperParams
+
+    got = parse_settings(MEMITHyperParams, ["layers=6,7,8", "lr=0.1", "steps=5", "mom2_update_weight=none", "corpus=a.txt"])
+    assert got == {"layers": (6, 7, 8), "lr": 0.1, "steps": 5, "mom2_update_weight": None, "corpus": "a.txt"}
+    with pytest.raises(RequestError, match="no field 'nope'"):
+        parse_settings(MEMITHyperParams, ["nope=1"])
+    with pytest.raises(RequestError, match="steps='many'"):
+        parse_settings(MEMITHyperParams, ["steps=many"])
+    with pytest.raises(RequestError, match="name=value"):
+        parse_settings(MEMITHyperParams, ["steps"])
