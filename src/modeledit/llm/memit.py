@@ -154,29 +154,8 @@ class MEMIT(LLMMethod):
                                 progress=progress)
         t_values = time.perf_counter() - t0
         z = torch.stack([v.v0 + v.delta for v in values])  # (n, hidden) targets of the residual stream at `last`
-
-        deltas: dict[str, Delta] = {}
+        deltas, final = self.spread(lm, requests, z, layers, moments, templates)
         layout = lm.layout
-        with ExitStack() as applied:  # each layer's update is made on the model holding the ones below
-            for i, layer in enumerate(layers):
-                keys = _subject_keys(lm, layer, requests, templates, hp.key_batch)  # (n, inter)
-                now = _residual_at(lm, last, requests)  # (n, hidden)
-                resid = (z - now) / (len(layers) - i)
-                R, A = memit_update(resid, keys, moments[layer], hp.lam(lm.layout.intermediate_size))
-                name = layout.weight_name(layer)
-                # the update as low-rank factors while that is smaller than the dense matrix
-                W = lm.model.get_parameter(name)
-                out_dim, in_dim = R.shape[0], A.shape[0]
-                if layout.mlp_out_transposed:
-                    d = Delta(left=A.float(), right=R.float())
-                else:
-                    d = Delta(left=R.float(), right=A.float())
-                if len(requests) * (out_dim + in_dim) >= out_dim * in_dim:
-                    d = Delta(dense=d.materialize(W).cpu())
-                deltas[name] = d
-                applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
-                log.info("MEMIT layer %d: residual norm %.3f", layer, float(resid.norm(dim=1).mean()))
-            final = _residual_at(lm, last, requests)
         info = {
             "layers": layers,
             "layers_reason": self.layers_reason(lm),
@@ -193,6 +172,29 @@ class MEMIT(LLMMethod):
             "seconds": time.perf_counter() - t0,
         }
         return self.patch(lm, deltas, requests, {**asdict(hp), "layers": layers, "mom2_update_weight": hp.lam(layout.intermediate_size)}, info)
+
+    def spread(self, lm: LanguageModel, requests: Sequence[Request], z: torch.Tensor, layers: Sequence[int], moments, templates):
+        """The updates of the layers, lowest first, each made on the model holding the ones below, that move
+        the residual stream at the last layer toward the targets ``z``; and the residual reached."""
+        hp, layout = self.hparams, lm.layout
+        last = layers[-1]
+        deltas: dict[str, Delta] = {}
+        with ExitStack() as applied:
+            for i, layer in enumerate(layers):
+                keys = _subject_keys(lm, layer, requests, templates, hp.key_batch)  # (n, inter)
+                now = _residual_at(lm, last, requests)  # (n, hidden)
+                resid = (z - now) / (len(layers) - i)
+                R, A = memit_update(resid, keys, moments[layer], hp.lam(layout.intermediate_size))
+                name = layout.weight_name(layer)
+                W = lm.model.get_parameter(name)
+                d = Delta(left=A.float(), right=R.float()) if layout.mlp_out_transposed else Delta(left=R.float(), right=A.float())
+                if len(requests) * (R.shape[0] + A.shape[0]) >= R.shape[0] * A.shape[0]:  # low-rank only while smaller
+                    d = Delta(dense=d.materialize(W).cpu())
+                deltas[name] = d
+                applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
+                log.info("MEMIT layer %d: mean residual norm %.3f", layer, float(resid.norm(dim=1).mean()))
+            final = _residual_at(lm, last, requests)
+        return deltas, final
 
 
 @torch.no_grad()

@@ -1,0 +1,110 @@
+"""The LM editing methods side by side on the packaged SmolLM2-135M, this machine.
+
+Parts (each resumable: rerun the same command after an interruption):
+
+- ``compare``: the ROME paper's table on the first N cases of counterfact-val.json: every method at batch
+  size 1, plus MEMIT at batch size N (``modeledit compare``); checks the papers' ordering.
+- ``memit1000``: MEMIT, one batch of 1,000 cases of counterfact-train.json: ES, PS, NS against the
+  unedited model, and the time of the whole batch (statistics cached beforehand, not counted).
+- ``zsre``: the first N zsRE cases, ROME at batch size 1 and MEMIT at batch size N, with the unedited row.
+
+    python benchmarks/methods_smollm2.py --part compare [--cases 200] [--out runs/bench-methods]
+    python benchmarks/methods_smollm2.py --part memit1000
+    python benchmarks/methods_smollm2.py --part zsre [--cases 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+import modeledit as me
+from modeledit.report import write_json
+
+
+def data_dir(arg: str | None) -> Path:
+    d = Path(arg or os.environ.get("MODELEDIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not d.is_dir():
+        raise SystemExit(f"benchmark data not found at {d}: pass --data DIR or set MODELEDIT_DATA")
+    return d
+
+
+def part_compare(lm, data: Path, out: Path, cases: int, methods: str) -> dict:
+    specs = methods.split(",") + [f"memit@{cases}"]
+    t = time.perf_counter()
+    result = me.compare(lm, specs, data / "counterfact-val.json", out / "compare", limit=cases)
+    rows = {r["method"]: r for r in result["rows"]}
+    s = lambda m: rows[m]["score"] if m in rows else float("nan")  # noqa: E731
+    checks = {
+        "S(ROME) > S(FT-L)": s("rome") > s("ft-l"),
+        "S(ROME) > S(LoRA)": s("rome") > s("lora"),
+        "S(MEMIT) > S(FT-L)": s("memit") > s("ft-l"),
+        "S(MEMIT) > S(LoRA)": s("memit") > s("lora"),
+        "NS(FT-M) far below NS(ROME) (by 10+)": rows["ft-m"]["neighborhood_score"] < rows["rome"]["neighborhood_score"] - 10,
+    }
+    print((out / "compare" / "comparison.md").read_text())
+    for k, v in checks.items():
+        print(f"  [{'ok' if v else 'MISSED'}] {k}")
+    return {"rows": result["rows"], "checks": checks, "wall_seconds": time.perf_counter() - t}
+
+
+def part_memit1000(lm, data: Path, out: Path, cases: int) -> dict:
+    method = me.get_method("memit")
+    method.prepare(lm)  # statistics of the range: cached, not part of the batch's time
+    summary = me.evaluate(lm, data / "counterfact-train.json", out / f"memit{cases}", method=method, limit=cases,
+                          batch_size=cases, gen_tokens=0)
+    pre, post = summary["pre"], summary["post"]
+    batch_seconds = summary["cost"]["seconds_per_edit_median"] * cases
+    checks = {
+        "ES >= 90": post["efficacy_score"] >= 90,
+        "PS >= 70": post["paraphrase_score"] >= 70,
+        "NS drop <= 10": pre["neighborhood_score"] - post["neighborhood_score"] <= 10,
+        "batch <= 20 min (1.2 s per request)": batch_seconds <= 1200,
+    }
+    print(f"MEMIT, one batch of {summary['n']} counterfact-train cases (x100): ES {pre['efficacy_score']:.1f} -> {post['efficacy_score']:.1f}, "
+          f"PS {pre['paraphrase_score']:.1f} -> {post['paraphrase_score']:.1f}, NS {pre['neighborhood_score']:.1f} -> "
+          f"{post['neighborhood_score']:.1f}; the batch took {batch_seconds:.0f} s ({batch_seconds / cases:.2f} s per request), "
+          f"peak RSS {summary['cost']['peak_rss_mb']:.0f} MiB")
+    for k, v in checks.items():
+        print(f"  [{'ok' if v else 'MISSED'}] {k}")
+    return {"summary": summary, "batch_seconds": batch_seconds, "checks": checks}
+
+
+def part_zsre(lm, data: Path, out: Path, cases: int) -> dict:
+    result = me.compare(lm, ["rome", f"memit@{cases}"], data / "zsre-train-1k.json", out / "zsre", benchmark="zsre", limit=cases)
+    rows = {r["method"]: r for r in result["rows"]}
+    checks = {f"{m} efficacy >= 90": rows[m]["efficacy"] >= 90 for m in ("rome", f"memit@{cases}")}
+    print((out / "zsre" / "comparison.md").read_text())
+    for k, v in checks.items():
+        print(f"  [{'ok' if v else 'MISSED'}] {k}")
+    return {"rows": result["rows"], "checks": checks}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["compare", "memit1000", "zsre"], required=True)
+    ap.add_argument("--cases", type=int, default=None, help="compare: 200, memit1000: 1000, zsre: 500")
+    ap.add_argument("--methods", default="rome,memit,ft-l,ft-m,lora", help="compare: the methods at batch size 1")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default="runs/bench-methods")
+    args = ap.parse_args()
+    data, out = data_dir(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = me.load_model("smollm2-135m", device="cpu")
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if args.part == "compare":
+        res = part_compare(lm, data, out, args.cases or 200, args.methods)
+    elif args.part == "memit1000":
+        res = part_memit1000(lm, data, out, args.cases or 1000)
+    else:
+        res = part_zsre(lm, data, out, args.cases or 500)
+    write_json(out / f"bench-{args.part}.json", {"machine": machine, "date": time.strftime("%Y-%m-%d"), **res})
+    print(f"written: {out / f'bench-{args.part}.json'}")
+
+
+if __name__ == "__main__":
+    main()
