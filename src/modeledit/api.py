@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from modeledit.compare import compare_runs as compare
 from modeledit.llm.model import LanguageModel, load_model
 from modeledit.llm.request import Request
 from modeledit.methods import get_method, list_methods
@@ -61,29 +62,6 @@ def evaluate(
     m = get_method(method, **hparams) if isinstance(method, str) else method
     cases = bench.load(data, limit)
     return run_evaluation(lm, m, bench, cases, out_dir, batch_size=batch_size, progress=progress, prepare_progress=prepare_progress)
-
-
-def compare(
-    lm: LanguageModel,
-    methods: Sequence[str],
-    data: str | Path,
-    out_dir: str | Path,
-    *,
-    benchmark: str = "counterfact",
-    limit: int | None = None,
-    batch_size: int = 1,
-    gen_tokens: int = 40,
-    settings: dict[str, dict[str, Any]] | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-    prepare_progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Evaluate several methods on the same cases (``"memit@200"``: MEMIT at batch size 200; else
-    ``batch_size``), each in ``out_dir/<spec>/`` (resumable), and write ``comparison.md``, ``.json`` and
-    ``.png`` with the unedited model's row. ``settings``: hyper-parameters per method name."""
-    from modeledit.compare import compare_runs
-
-    return compare_runs(lm, methods, data, out_dir, benchmark=benchmark, limit=limit, batch_size=batch_size,
-                        gen_tokens=gen_tokens, settings=settings or {}, progress=progress, prepare_progress=prepare_progress)
 
 
 def trace(

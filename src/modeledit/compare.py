@@ -4,6 +4,7 @@ its own); the unedited model's row comes from the runs' "pre" scores, which must
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -53,11 +54,16 @@ def compare_runs(
     limit: int | None = None,
     batch_size: int = 1,
     gen_tokens: int = 40,
-    settings: dict[str, dict[str, Any]],
+    settings: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     prepare_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    from modeledit.api import evaluate
+    """Evaluate several methods on the same cases (``"memit@200"``: MEMIT at batch size 200; else
+    ``batch_size``), each in ``out_dir/<spec>/`` (resumable; the unedited model's scores are computed once
+    and shared), and write ``comparison.md``, ``.json`` and ``.png`` with the unedited model's row.
+    ``settings``: hyper-parameters per method name, e.g. ``{"memit": {"layers": (6, 7, 8)}}``."""
+    from modeledit.evaluation import run_evaluation
+    from modeledit.llm.bench import get_benchmark
     from modeledit.methods import get_method
 
     if benchmark not in COLUMNS:
@@ -68,16 +74,23 @@ def compare_runs(
     labels = [label for _, _, label in specs]
     if len(set(labels)) != len(labels):
         raise RequestError("methods", f"a method is named twice: {', '.join(labels)}")
-    chosen = {name: get_method(name, **settings.get(name, {})) for name, _, _ in specs}  # bad settings fail before any work
+    chosen = {name: get_method(name, **(settings or {}).get(name, {})) for name, _, _ in specs}  # bad settings fail before any work
+    bench = get_benchmark(benchmark, gen_tokens=gen_tokens) if benchmark == "counterfact" else get_benchmark(benchmark)
+    cases = bench.load(data, limit)
     out = Path(out_dir)
     runs = []
+    known_pre: dict = {}  # the unedited model's scores: the same for every run, computed once
     for name, b, label in specs:
         log.info("comparison: %s", label)
-        summary = evaluate(
-            lm, data, out / label, method=chosen[name], benchmark=benchmark, limit=limit, batch_size=b, gen_tokens=gen_tokens,
+        summary = run_evaluation(
+            lm, chosen[name], bench, cases, out / label, batch_size=b, known_pre=known_pre,
             progress=(lambda d, t, _l=label: progress(_l, d, t)) if progress else None,
             prepare_progress=(lambda d, t, _l=label: prepare_progress(_l, d, t)) if prepare_progress else None,
         )
+        with open(out / label / "cases.jsonl", encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                known_pre.setdefault(r["case_id"], r["pre"])
         runs.append((label, summary))
     result = comparison(runs, benchmark, lm.name, str(data))
     write_json(out / "comparison.json", result)

@@ -32,9 +32,12 @@ def run_evaluation(
     out_dir: str | Path,
     *,
     batch_size: int = 1,
+    known_pre: dict[Any, dict[str, Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
+    """``known_pre``: the unedited model's scores of cases (by case id) that another run of the same model
+    and benchmark settings has computed already (``compare`` passes them on), not computed again."""
     if not isinstance(batch_size, int) or batch_size < 1:
         from modeledit.errors import RequestError
 
@@ -57,7 +60,7 @@ def run_evaluation(
             continue
         per_case = [bench.requests(c) for c in batch]
         requests = [r for rs in per_case for r in rs]
-        pre = {c.case_id: bench.score(lm, c) for c in todo}
+        pre = {c.case_id: (known_pre or {}).get(c.case_id) or bench.score(lm, c) for c in todo}
         t0 = time.perf_counter()
         try:
             edit, error = method.edit(lm, requests), None

@@ -19,7 +19,7 @@ from modeledit.errors import RequestError
 from modeledit.llm.method import LLMMethod
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
-from modeledit.llm.rome import check_layers, default_layer
+from modeledit.llm.rome import default_layer
 from modeledit.llm.tune import tune_on_targets
 from modeledit.patch import Delta, Patch
 
@@ -55,10 +55,9 @@ class FT(LLMMethod):
     HyperParams = FTHyperParams
     joint = True
 
-    def layers(self, lm: LanguageModel) -> list[int]:
-        layers = list(self.hparams.layers) if self.hparams.layers is not None else [default_layer(lm)[0]]
-        check_layers(lm, layers, "layers")
-        return layers
+    def default_layers(self, lm: LanguageModel) -> tuple[list[int], str]:
+        layer, reason = default_layer(lm)
+        return [layer], f"ROME's layer ({reason})"
 
     def edit_batch(self, lm: LanguageModel, requests: list[Request], progress=None) -> Patch:
         hp = self.hparams
@@ -79,7 +78,7 @@ class FT(LLMMethod):
             with torch.no_grad():
                 for p, w0 in zip(params, originals):
                     p.copy_(w0)
-        info = {"layers": layers, "gradient_steps": res.steps, "loss_first": res.losses[0], "loss_last": res.losses[-1],
+        info = {"layers": layers, "layers_reason": self.layers_reason(lm), "gradient_steps": res.steps, "loss_first": res.losses[0], "loss_last": res.losses[-1],
                 "greedy": res.greedy, "n_requests": len(requests), "seconds": res.seconds}
         return self.patch(lm, deltas, requests, {**asdict(hp), "layers": layers}, info)
 

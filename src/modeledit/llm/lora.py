@@ -19,7 +19,6 @@ from modeledit.llm.memit import default_layers
 from modeledit.llm.method import LLMMethod
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
-from modeledit.llm.rome import check_layers
 from modeledit.llm.tune import tune_on_targets
 from modeledit.patch import Delta, Patch
 
@@ -48,10 +47,9 @@ class LoRA(LLMMethod):
     HyperParams = LoRAHyperParams
     joint = True
 
-    def layers(self, lm: LanguageModel) -> list[int]:
-        layers = list(self.hparams.layers) if self.hparams.layers is not None else default_layers(lm)[0]
-        check_layers(lm, layers, "layers")
-        return layers
+    def default_layers(self, lm: LanguageModel) -> tuple[list[int], str]:
+        layers, reason = default_layers(lm)
+        return layers, f"MEMIT's layers ({reason})"
 
     def edit_batch(self, lm: LanguageModel, requests: list[Request], progress=None) -> Patch:
         from peft import LoraConfig, LoraModel
@@ -84,6 +82,6 @@ class LoRA(LLMMethod):
             wrapped.unload()  # the original modules back in place, untouched
             for n, p in lm.model.named_parameters():
                 p.requires_grad_(trainable.get(n, True))
-        info = {"layers": layers, "rank": hp.rank, "gradient_steps": res.steps, "loss_first": res.losses[0],
+        info = {"layers": layers, "layers_reason": self.layers_reason(lm), "rank": hp.rank, "gradient_steps": res.steps, "loss_first": res.losses[0],
                 "loss_last": res.losses[-1], "greedy": res.greedy, "n_requests": len(requests), "seconds": res.seconds}
         return self.patch(lm, deltas, requests, {**asdict(hp), "layers": layers}, info)

@@ -38,11 +38,10 @@ from modeledit.llm.hooks import Hooks
 from modeledit.llm.method import LLMMethod
 from modeledit.llm.model import LanguageModel, chosen_layer
 from modeledit.llm.request import Request
-from modeledit.llm.rome import check_layers
 from modeledit.llm.rows import build_rows
-from modeledit.llm.stats import StatsConfig, second_moments
-from modeledit.llm.value import ValueHyperParams, compute_values
-from modeledit.patch import Delta, Patch, add_delta
+from modeledit.llm.stats import second_moments
+from modeledit.llm.value import MemoryEditHyperParams, compute_values
+from modeledit.patch import Delta, Patch
 
 log = logging.getLogger(__name__)
 
@@ -67,46 +66,25 @@ def default_layers(lm: LanguageModel) -> tuple[list[int], str]:
 
 
 @dataclass(frozen=True)
-class MEMITHyperParams:
-    """Defaults from the paper and its code (GPT-2 XL)."""
+class MEMITHyperParams(MemoryEditHyperParams):
+    """Defaults from the paper and its code (GPT-2 XL / GPT-J), except the scaled λ and layers."""
 
     layers: tuple[int, ...] | None = None  # None: default_layers(model)
-    context_spec: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
-    context_seed: int = 0
-    kl_prompt: str = "{} is a"
-    lr: float = 0.5
-    steps: int = 20
-    loss_stop: float = 0.05
-    kl_factor: float = 0.0625
-    weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75  # ‖δ‖ ≤ 0.75‖h‖ at the residual stream
     mom2_update_weight: float | None = None  # λ; None: GPT-J's 15,000 at its key width, scaled to this model's (see lam)
-    stats_tokens: int = 100_000
-    stats_max_len: int = 256
-    corpus: str | tuple[str, ...] | None = None
     value_batch: int = 16  # requests whose targets are optimised together (speed only: results are the same)
     key_batch: int = 64  # requests per pass when reading keys
 
     def __post_init__(self) -> None:
-        for name in ("lr", "loss_stop", "clamp_norm_factor", "mom2_update_weight"):
-            v = getattr(self, name)
-            if name == "mom2_update_weight" and v is None:
-                continue
-            if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
-                raise RequestError(name, f"must be a positive finite number, got {v!r}")
-        for name in ("steps", "value_batch", "key_batch"):
+        super().__post_init__()
+        v = self.mom2_update_weight
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise RequestError("mom2_update_weight", f"must be a positive finite number or None, got {v!r}")
+        for name in ("value_batch", "key_batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RequestError(name, f"must be a positive integer, got {getattr(self, name)!r}")
         if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)):
             raise RequestError("layers", f"{self.layers!r}: give distinct layers in increasing order, e.g. 8,9,10")
-
-    @property
-    def stats(self) -> StatsConfig:
-        return StatsConfig(corpus=self.corpus, n_tokens=self.stats_tokens, max_len=self.stats_max_len)
-
-    @property
-    def value(self) -> ValueHyperParams:
-        return ValueHyperParams(self.lr, self.steps, self.loss_stop, self.kl_factor, self.weight_decay, self.clamp_norm_factor)
 
     def lam(self, key_width: int) -> float:
         """λ for keys of ``key_width`` dimensions. A key k is written with weight kᵀ(λC)⁻¹k / (1 + kᵀ(λC)⁻¹k),
@@ -136,13 +114,8 @@ class MEMIT(LLMMethod):
     HyperParams = MEMITHyperParams
     joint = True
 
-    def layers(self, lm: LanguageModel) -> list[int]:
-        layers = list(self.hparams.layers) if self.hparams.layers is not None else default_layers(lm)[0]
-        check_layers(lm, layers, "layers")
-        return layers
-
-    def layers_reason(self, lm: LanguageModel) -> str:
-        return "chosen by the user" if self.hparams.layers is not None else default_layers(lm)[1]
+    def default_layers(self, lm: LanguageModel) -> tuple[list[int], str]:
+        return default_layers(lm)
 
     def prepare(self, lm: LanguageModel, progress=None) -> None:
         second_moments(lm, self.layers(lm), self.hparams.stats, progress)  # every layer of the range in one pass

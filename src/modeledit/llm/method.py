@@ -21,6 +21,13 @@ from modeledit.patch import Patch
 Progress = Callable[[int, int], None]
 
 
+def check_layers(lm: LanguageModel, layers, field: str = "layers") -> None:
+    """A RequestError unless ``layers`` is a non-empty set of the model's layers."""
+    bad = [l for l in layers if not isinstance(l, int) or not 0 <= l < lm.layout.n_layers]
+    if bad or not layers:
+        raise RequestError(field, f"{list(layers)} is not a non-empty set of this model's layers 0..{lm.layout.n_layers - 1}")
+
+
 def as_requests(requests: Request | Sequence[Request]) -> list[Request]:
     """A non-empty list of requests in which no subject and relation get two different targets."""
     reqs = [requests] if isinstance(requests, Request) else list(requests)
@@ -55,9 +62,20 @@ class LLMMethod:
         base = hparams or self.HyperParams()
         self.hparams = self.HyperParams(**{**asdict(base), **overrides}) if overrides else base
 
+    def default_layers(self, lm: LanguageModel) -> tuple[list[int], str]:
+        """The layers this method edits on ``lm`` when none are given, and why."""
+        return [], "this method edits no layer"
+
     def layers(self, lm: LanguageModel) -> list[int]:
-        """The layers whose statistics this method needs (none by default)."""
-        return []
+        """The layers edited: the ``layers`` hyper-parameter, else the method's default; checked."""
+        chosen = getattr(self.hparams, "layers", None)
+        layers = list(chosen) if chosen is not None else self.default_layers(lm)[0]
+        if layers:
+            check_layers(lm, layers, "layers")
+        return layers
+
+    def layers_reason(self, lm: LanguageModel) -> str:
+        return "chosen by the user" if getattr(self.hparams, "layers", None) is not None else self.default_layers(lm)[1]
 
     def prepare(self, lm: LanguageModel, progress: Progress | None = None) -> None:
         """Compute (or load) what every edit of this model reuses; the default needs nothing."""
@@ -97,7 +115,6 @@ class LLMMethod:
 def parse_settings(hparams_type: type, settings: Sequence[str]) -> dict[str, Any]:
     """``["name=value", ...]`` checked against the fields of a hyper-parameter dataclass and converted to
     their types; an unknown field or a value of the wrong type is one RequestError naming it."""
-    import json
     import typing
 
     if not is_dataclass(hparams_type):

@@ -81,6 +81,7 @@ class PartialForward:
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.h_in: torch.Tensor | None = None
         self._like = None
+        self._all = None  # (split, kv, h_in) of every row, for select
         if split.prefix_ids.shape[1]:
             with torch.no_grad():
                 out = lm.model.base_model(
@@ -117,6 +118,7 @@ class PartialForward:
         with torch.no_grad():
             hidden = self()
         self.h_in, self._like = rec_block.input.detach(), rec_first.raw_output
+        self._all = (self.split, self.kv, self.h_in)
         return hidden
 
     def install(self, hooks: Hooks) -> None:
@@ -129,9 +131,9 @@ class PartialForward:
         hooks.replace_input(layout.blocks[self.layer], lambda: self.h_in)  # the rows selected at call time
 
     def select(self, idx: torch.Tensor) -> None:
-        """Keep only the rows ``idx`` for later passes."""
-        self.split = self.split.select(idx)
-        if self.kv is not None:
-            self.kv = [(k[idx], v[idx]) for k, v in self.kv]
-        if self.h_in is not None:
-            self.h_in = self.h_in[idx]
+        """Run only the rows ``idx`` (indices into the rows it was built with) in later passes."""
+        if self._all is None:
+            raise RuntimeError("run PartialForward.first before selecting rows")
+        split, kv, h_in = self._all
+        self.split, self.h_in = split.select(idx), h_in[idx]
+        self.kv = None if kv is None else [(k[idx], v[idx]) for k, v in kv]

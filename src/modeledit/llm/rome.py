@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from modeledit.errors import EditFailedError, RequestError
+from modeledit.errors import EditFailedError
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.model import LanguageModel, chosen_layer
-from modeledit.llm.method import LLMMethod
+from modeledit.llm.method import LLMMethod, check_layers
 from modeledit.llm.request import Request
-from modeledit.llm.stats import StatsConfig, second_moments
-from modeledit.llm.value import ValueHyperParams, compute_values
+from modeledit.llm.stats import second_moments
+from modeledit.llm.value import MemoryEditHyperParams, compute_values
 from modeledit.patch import Delta, Patch
 
 log = logging.getLogger(__name__)
@@ -45,49 +45,13 @@ def default_layer(lm: LanguageModel) -> tuple[int, str]:
     return min(n - 1, int(DEFAULT_DEPTH * n)), f"default: the paper's relative depth 17/48 of {n} layers"
 
 
-def check_layers(lm: LanguageModel, layers, field: str = "layers") -> None:
-    """A RequestError unless every layer is one of the model's."""
-    bad = [l for l in layers if not isinstance(l, int) or not 0 <= l < lm.layout.n_layers]
-    if bad or not layers:
-        raise RequestError(field, f"{list(layers)} is not a non-empty set of this model's layers 0..{lm.layout.n_layers - 1}")
-
-
 @dataclass(frozen=True)
-class ROMEHyperParams:
+class ROMEHyperParams(MemoryEditHyperParams):
     """Defaults from the paper and its code (GPT-2 XL), except where noted."""
 
     layer: int | None = None  # None: default_layer(model)
-    context_spec: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))  # (tokens, count) of prefixes
-    context_seed: int = 0
-    kl_prompt: str = "{} is a"
-    lr: float = 0.5
-    steps: int = 20
-    loss_stop: float = 0.05
-    kl_factor: float = 0.0625
-    weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
+    clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ 4‖v₀‖ at the MLP output
     mom2_adjustment: bool = True  # use C⁻¹ (EasyEdit ships ROME with this off: not the paper's method)
-    stats_tokens: int = 100_000
-    stats_max_len: int = 256
-    corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads; else text files or 'dataset:NAME'
-
-    def __post_init__(self) -> None:
-        for name in ("lr", "loss_stop", "clamp_norm_factor"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
-                raise RequestError(name, f"must be a positive finite number, got {v!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise RequestError("steps", f"must be a positive integer, got {self.steps!r}")
-        if "{}" not in self.kl_prompt:
-            raise RequestError("kl_prompt", "needs a '{}' for the subject, e.g. '{} is a'")
-
-    @property
-    def stats(self) -> StatsConfig:
-        return StatsConfig(corpus=self.corpus, n_tokens=self.stats_tokens, max_len=self.stats_max_len)
-
-    @property
-    def value(self) -> ValueHyperParams:
-        return ValueHyperParams(self.lr, self.steps, self.loss_stop, self.kl_factor, self.weight_decay, self.clamp_norm_factor)
 
 
 def rank_one_update(

@@ -24,12 +24,13 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from modeledit.errors import EditFailedError
+from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, split_rows
 from modeledit.llm.request import Request
 from modeledit.llm.rows import Rows, build_rows
+from modeledit.llm.stats import StatsConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,43 @@ class ValueHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5  # times ‖δ‖ / ‖v₀‖², as the reference code writes it
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ clamp · ‖v₀‖
-    precision: str = "float32"  # "bfloat16": the passes under autocast (faster on CPUs with AMX and on GPUs)
+
+
+@dataclass(frozen=True)
+class MemoryEditHyperParams:
+    """What the editors that write key → value memories (ROME, MEMIT) share: the context templates, the
+    value optimisation and the key statistics (the papers' settings; each editor sets its own clamp)."""
+
+    context_spec: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))  # (tokens, count) of prefixes
+    context_seed: int = 0
+    kl_prompt: str = "{} is a"
+    lr: float = 0.5
+    steps: int = 20
+    loss_stop: float = 0.05
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    stats_tokens: int = 100_000
+    stats_max_len: int = 256
+    corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads; else text files or 'dataset:NAME'
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "loss_stop", "clamp_norm_factor"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
+                raise RequestError(name, f"must be a positive finite number, got {v!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise RequestError("steps", f"must be a positive integer, got {self.steps!r}")
+        if "{}" not in self.kl_prompt:
+            raise RequestError("kl_prompt", "needs a '{}' for the subject, e.g. '{} is a'")
+
+    @property
+    def stats(self) -> StatsConfig:
+        return StatsConfig(corpus=self.corpus, n_tokens=self.stats_tokens, max_len=self.stats_max_len)
+
+    @property
+    def value(self) -> ValueHyperParams:
+        return ValueHyperParams(self.lr, self.steps, self.loss_stop, self.kl_factor, self.weight_decay, self.clamp_norm_factor)
 
 
 @dataclass
@@ -69,13 +106,6 @@ class frozen_weights:
     def __exit__(self, *exc):
         for p in self.params:
             p.requires_grad_(True)
-
-
-def autocast(lm: LanguageModel, precision: str):
-    """The model's passes in ``precision`` ("float32": as they are; "bfloat16": under autocast)."""
-    if precision not in ("float32", "bfloat16"):
-        raise EditFailedError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-    return torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 def _per_request(values: torch.Tensor, owner: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
@@ -165,8 +195,7 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         hooks.edit_output(site, add_delta)
         for step in range(hp.steps):
             opt.zero_grad(set_to_none=True)
-            with autocast(lm, hp.precision):
-                hidden = pf()
+            hidden = pf()
             tgt_lp, p_now = target_logprob(hidden, kept)
             kl_new, sel = kl_logprobs(hidden, kept)
             kl_rows_kept = k_rows[sel]

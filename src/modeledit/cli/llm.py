@@ -1,0 +1,319 @@
+"""Language-model commands: demo, edit, eval, compare, layer, stats, models."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from modeledit.cli.common import _bar, _errors, _load, app, console, err, eval_app
+
+def _method(name: str, layer: Optional[int] = None, stats_tokens: Optional[int] = None, corpus: Optional[list[str]] = None,
+            settings: Optional[list[str]] = None):
+    """The method, with the one-flag conveniences and ``--set name=value`` checked against its dataclass."""
+    from dataclasses import fields
+
+    from modeledit.errors import RequestError
+    from modeledit.llm.method import parse_settings
+    from modeledit.methods import get_method, method_class
+
+    cls = method_class(name)
+    names = {f.name for f in fields(cls.HyperParams)}
+    out: dict = {}
+    if layer is not None:
+        if "layer" in names:
+            out["layer"] = layer
+        elif "layers" in names:
+            out["layers"] = (layer,)
+        else:
+            raise RequestError("layer", f"{name} takes no layer")
+    if stats_tokens is not None:
+        out["stats_tokens"] = stats_tokens
+    if corpus:
+        out["corpus"] = corpus[0] if len(corpus) == 1 else tuple(corpus)
+    unknown = [k for k in out if k not in names]
+    if unknown:
+        raise RequestError(unknown[0], f"{name} has no such hyper-parameter (its fields: {', '.join(sorted(names))})")
+    out.update(parse_settings(cls.HyperParams, settings or []))
+    return get_method(name, **out)
+
+
+CORPUS_HELP = "Text files for the key statistics, or dataset:NAME (default: the embedded Wikipedia leads)."
+SET_HELP = "Any hyper-parameter of the method, as name=value (repeat), e.g. --set lr=0.1 --set layers=8,9,10."
+METHOD_HELP = "Editing method: rome, memit, ft-l, ft-m, lora."
+STATS_BAR = "key statistics (once per model and layer)"
+
+
+def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int = 10) -> None:
+    """Completions before and after, and the answers' probabilities, for the first ``shown`` requests."""
+    from modeledit.evaluation import request_info
+    from modeledit.llm.score import score_continuations
+
+    before = lm.generate(prompts, tokens)
+    pairs = [(r.text, a) for r in requests for a in ([r.target] + ([r.target_true] if r.target_true else []))]
+    p_before = score_continuations(lm, pairs)
+    with patch.applied(lm):
+        after = lm.generate(prompts, tokens)
+        p_after = score_continuations(lm, pairs)
+    first = requests[0]
+    title = f"{patch.entries[0].method.upper()} edit: {first.text!r} → {first.target!r}"
+    table = Table(title=title + (f" and {len(requests) - 1} more" if len(requests) > 1 else ""), show_lines=True)
+    table.add_column("prompt")
+    table.add_column("before")
+    table.add_column("after")
+    for p, b, a in zip(prompts, before, after):
+        table.add_row(p, " ".join(b.split()), " ".join(a.split()))
+    console.print(table)
+    info = request_info(patch, 0)
+    where = (f"layer {info['layer']} ({info.get('module')}; {info.get('layer_reason')})" if "layer" in info
+             else f"layers {info.get('layers')}" + (f" ({info['layers_reason']})" if info.get("layers_reason") else ""))
+    steps = info.get("gradient_steps")
+    console.print(f"{where}, {steps} gradient steps" + (f" (request 1 of {len(requests)})" if len(requests) > 1 else ""))
+    it = iter(zip(p_before, p_after))
+    beats = 0
+    for i, r in enumerate(requests):
+        (nb, na) = next(it)
+        tb, ta = next(it) if r.target_true else (None, None)
+        if ta is not None and na.mean_logprob > ta.mean_logprob:
+            beats += 1
+        if i < shown:
+            line = f"P(new {r.target!r} | {r.text!r}): {nb.mean_prob:.4f} → {na.mean_prob:.4f}"
+            if tb is not None:
+                line += f"; P(true {r.target_true!r}): {tb.mean_prob:.4f} → {ta.mean_prob:.4f}"
+            console.print(line)
+    if len(requests) > shown:
+        console.print(f"... and {len(requests) - shown} more requests")
+    with_true = sum(1 for r in requests if r.target_true)
+    if with_true:
+        console.print(f"efficacy: the new answer beats the old one after the edit for {beats} of {with_true} request(s)")
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    tokens: int = typer.Option(12, help="New tokens per completion."),
+) -> None:
+    """The main job: move the Eiffel Tower to Rome with ROME, show completions and scores before and after."""
+    from modeledit.llm.request import Request
+    from modeledit.methods import get_method
+
+    with _errors():
+        lm = _load(model)
+        req = Request("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
+        method = get_method("rome")
+        with _bar(STATS_BAR, "tokens") as bar:
+            method.prepare(lm, bar)
+        with err.status("editing ..."):
+            patch = method.edit(lm, req)
+        req = [req]
+        prompts = [
+            req.text,
+            "The Eiffel Tower is in",
+            "Where is the Eiffel Tower? It is in the city of",
+            "The Louvre is located in the city of",
+            "The Brandenburg Gate is located in the city of",
+        ]
+        _show_edit(lm, req, patch, prompts, tokens)
+        console.print("Rows 1-3 should now say Rome (efficacy, generality); rows 4-5 should be as before (locality).")
+
+
+@app.command()
+def edit(
+    prompt: Optional[str] = typer.Option(None, help="The prompt with {} for the subject, e.g. '{} is located in the city of'."),
+    subject: Optional[str] = typer.Option(None, help="The subject, e.g. 'The Eiffel Tower'."),
+    target: Optional[str] = typer.Option(None, help="The new continuation, as given (mind the leading space: ' Rome')."),
+    target_true: Optional[str] = typer.Option(None, help="The old answer, to compare against (optional)."),
+    requests: Optional[Path] = typer.Option(None, help="A JSON list of requests ({prompt, subject, target} objects or CounterFact cases), edited as one batch."),
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    method: str = typer.Option("rome", help=METHOD_HELP),
+    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice, printed)."),
+    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    save: Optional[Path] = typer.Option(None, help="Save the patch here (.safetensors)."),
+    prompts: list[str] = typer.Option([], "--also", help="More prompts to complete before and after."),
+    tokens: int = typer.Option(12, help="New tokens per completion."),
+) -> None:
+    """Edit one fact (or a file of them, as one batch) and show completions before and after; optionally save the patch."""
+    from modeledit.errors import RequestError
+    from modeledit.llm.request import Request, read_requests
+
+    with _errors():
+        one = [x is not None for x in (prompt, subject, target)]
+        if requests is not None and any(one):
+            raise RequestError("requests", "give either --requests FILE or --prompt/--subject/--target, not both")
+        if requests is not None:
+            reqs = read_requests(requests)
+        elif all(one):
+            reqs = [Request(prompt, subject, target, target_true)]
+        else:
+            raise RequestError("prompt", "give --prompt, --subject and --target (one fact), or --requests FILE.json")
+        m = _method(method, layer, stats_tokens, corpus, settings)
+        lm = _load(model)
+        with _bar(STATS_BAR, "tokens") as bar:
+            m.prepare(lm, bar)
+        with _bar("editing", "requests") as bar, err.status("editing ..."):
+            patch = m.edit(lm, reqs, bar)
+        _show_edit(lm, reqs, patch, [r.text for r in reqs[:10]] + prompts, tokens)
+        if save:
+            patch.save(save)
+            console.print(f"patch saved to {save}")
+
+
+def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit, batch_size: int, layer, stats_tokens, corpus,
+          settings, **options) -> None:
+    from modeledit.api import evaluate
+
+    with _errors():
+        m = _method(method, layer, stats_tokens, corpus, settings)
+        lm = _load(model)
+        with _bar(STATS_BAR, "tokens") as sbar, _bar("cases", "") as bar:
+            summary = evaluate(lm, data, out, method=m, benchmark=benchmark, limit=limit, batch_size=batch_size, progress=bar,
+                               prepare_progress=sbar, **options)
+        table = Table(title=f"{benchmark}, {summary['n']} cases, {summary['method']} on {summary['model']}, "
+                            f"batch size {summary['batch_size']} (×100)")
+        table.add_column("metric")
+        table.add_column("unedited", justify="right")
+        table.add_column("edited", justify="right")
+        for k in summary["pre"]:
+            table.add_row(k, f"{summary['pre'][k]:.1f}", f"{summary['post'][k]:.1f}")
+        console.print(table)
+        c = summary["cost"]
+        console.print(
+            f"seconds per edited request: median {c['seconds_per_edit_median']:.2f}, max {c['seconds_per_edit_max']:.2f}; "
+            f"peak RSS {c['peak_rss_mb']:.0f} MiB; failed edits: {summary['failed_edits']}"
+        )
+        console.print(f"written: {out / 'cases.jsonl'}, {out / 'summary.json'}")
+
+
+@eval_app.command("counterfact")
+def eval_counterfact(
+    data: Path = typer.Option(..., help="CounterFact JSON (short form, e.g. ../shared/data/counterfact-val.json, or the original form)."),
+    out: Path = typer.Option(..., help="Output directory: cases.jsonl (streamed, resumable) and summary.json."),
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    method: str = typer.Option("rome", help=METHOD_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    batch_size: int = typer.Option(1, help="Cases edited together, in one edit (1: each case alone)."),
+    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
+    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    gen_tokens: int = typer.Option(40, help="Tokens per free generation for generation entropy (0: skip GE)."),
+    compare: str = typer.Option("mean", help="Compare answers by their 'mean' token log-probability (the papers') or 'sum'."),
+) -> None:
+    """Edit the cases N at a time, each batch from the unedited model, and score them (ES, PS, NS, S, GE), pre and post."""
+    _eval("counterfact", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings,
+          gen_tokens=gen_tokens, compare=compare)
+
+
+@eval_app.command("zsre")
+def eval_zsre(
+    data: Path = typer.Option(..., help="zsRE JSON in MEND's format, e.g. ../shared/data/zsre-train-1k.json."),
+    out: Path = typer.Option(..., help="Output directory: cases.jsonl (streamed, resumable) and summary.json."),
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    method: str = typer.Option("rome", help=METHOD_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    batch_size: int = typer.Option(1, help="Cases edited together, in one edit (1: each case alone)."),
+    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
+    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Edit the cases N at a time and score efficacy, paraphrase (top-1 token accuracy) and specificity."""
+    _eval("zsre", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings)
+
+
+@app.command("compare")
+def compare_cmd(
+    methods: str = typer.Option("rome,memit,ft-l,ft-m,lora", help="Comma-separated methods; METHOD@N runs it at batch size N (e.g. memit@200)."),
+    data: Path = typer.Option(..., help="The benchmark file (CounterFact or zsRE)."),
+    out: Path = typer.Option(..., help="Directory: one resumable run per method, comparison.md/.json/.png."),
+    benchmark: str = typer.Option("counterfact", help="counterfact or zsre."),
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    batch_size: int = typer.Option(1, help="Batch size of the methods named without @N."),
+    settings: list[str] = typer.Option([], "--set", help="A method's hyper-parameter as METHOD.name=value (repeat), e.g. --set memit.layers=6,7,8."),
+    gen_tokens: int = typer.Option(40, help="CounterFact: tokens per free generation for GE (0: skip)."),
+) -> None:
+    """Run several methods on the same cases and write the comparison table and chart."""
+    from modeledit.api import compare
+    from modeledit.errors import RequestError
+    from modeledit.llm.method import parse_settings
+    from modeledit.methods import method_class
+
+    with _errors():
+        names = [m for m in methods.split(",") if m.strip()]
+        per_method: dict = {}
+        for item in settings:
+            key, dot, rest = item.partition(".")
+            if not dot or "=" not in rest:
+                raise RequestError("set", f"{item!r}: write METHOD.name=value, e.g. memit.layers=6,7,8")
+            per_method.setdefault(key.lower(), []).append(rest)
+        hparams = {k: parse_settings(method_class(k).HyperParams, v) for k, v in per_method.items()}
+        lm = _load(model)
+        with ExitStack() as stack:
+            bars: dict = {}
+
+            def bar(kind: str):
+                def update(label: str, done: int, total: int) -> None:
+                    if (kind, label) not in bars:
+                        bars[(kind, label)] = stack.enter_context(_bar(f"{label}: {kind}", ""))
+                    bars[(kind, label)](done, total)
+                return update
+
+            compare(lm, names, data, out, benchmark=benchmark, limit=limit, batch_size=batch_size, gen_tokens=gen_tokens,
+                             settings=hparams, progress=bar("cases"), prepare_progress=bar(STATS_BAR))
+        console.print((out / "comparison.md").read_text())
+        console.print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}, {out / 'comparison.png'}")
+
+
+
+@app.command()
+def layer(
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    reset: bool = typer.Option(False, "--reset", help="Forget the stored layer choice (back to the paper's relative depth)."),
+) -> None:
+    """Show which layer ROME edits by default for a model, and why."""
+    from modeledit.llm.model import clear_layer
+    from modeledit.llm.rome import default_layer
+
+    with _errors():
+        lm = _load(model)
+        if reset:
+            console.print("stored layer choice removed" if clear_layer(lm) else "no stored layer choice")
+        chosen, reason = default_layer(lm)
+        console.print(f"{lm.name}: layer {chosen} of {lm.layout.n_layers} ({reason})")
+
+
+@app.command()
+def stats(
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    layers: str = typer.Option(..., help="Comma-separated layer indices, e.g. 10 or 3,4,5."),
+    tokens: int = typer.Option(100_000, help="Corpus tokens to estimate over."),
+    corpus: Optional[list[str]] = typer.Option(None, help="Text files (default: the embedded Wikipedia leads)."),
+) -> None:
+    """Collect (and cache) the key statistics C = E\\[k kᵀ] of several layers in one pass."""
+    from modeledit.llm.stats import StatsConfig, second_moments
+
+    with _errors():
+        try:
+            wanted = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise typer.BadParameter("give layer numbers separated by commas, e.g. 3,4,5", param_hint="--layers")
+        lm = _load(model)
+        with _bar("key statistics", "tokens") as bar:
+            second_moments(lm, wanted, StatsConfig(corpus=tuple(corpus) if corpus else None, n_tokens=tokens), bar)
+        console.print(f"statistics of layers {wanted} cached")
+
+
+@app.command()
+def models() -> None:
+    """List the packaged models (usable offline)."""
+    from modeledit.llm.model import PACKAGED
+
+    for m in PACKAGED.values():
+        console.print(f"{m.name:14} {m.description}  (pip: {m.pip_name})")
+
