@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,8 +43,10 @@ def run_evaluation(
 
         raise RequestError("batch_size", f"must be a positive integer, got {batch_size!r}")
     hparams = asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
+    speed_only = {f.name for f in fields(method.hparams) if f.metadata.get("speed_only")} if is_dataclass(method.hparams) else set()
     run = {"benchmark": bench.name, "benchmark_config": bench.config(), "method": method.name, "model": lm.name,
-           "model_identity": lm.identity, "hparams": hparams, "batch_size": batch_size}
+           "model_identity": lm.identity, "hparams": {k: v for k, v in hparams.items() if k not in speed_only},
+           "batch_size": batch_size}
     out = start_run(out_dir, run)
     reset_peak_rss()
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
@@ -72,8 +72,9 @@ class MEMITHyperParams(MemoryEditHyperParams):
     layers: tuple[int, ...] | None = None  # None: default_layers(model)
     clamp_norm_factor: float = 0.75  # ‖δ‖ ≤ 0.75‖h‖ at the residual stream
     mom2_update_weight: float | None = None  # λ; None: GPT-J's 15,000 at its key width, scaled to this model's (see lam)
-    value_batch: int = 16  # requests whose targets are optimised together (speed only: results are the same)
-    key_batch: int = 64  # requests per pass when reading keys
+    # how the work is cut into passes: speed and memory only, the results are the same (a resumed run may change them)
+    value_batch: int = field(default=16, metadata={"speed_only": True})  # requests whose targets are optimised together
+    key_batch: int = field(default=64, metadata={"speed_only": True})  # requests per pass when reading keys
 
     def __post_init__(self) -> None:
         super().__post_init__()
