@@ -66,6 +66,8 @@ def test_cases_are_edited_in_batches_and_an_interrupted_batch_resumes(tiny_facto
     assert records[0]["edit"][0]["layers"] == [1, 2] and isinstance(records[0]["edit"][0]["gradient_steps"], int)
     assert summary["n"] == 5 and summary["batch_size"] == 2 and summary["answer_comparison"] == "mean"
     assert "batches of 2" in summary["protocol"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["batch_size"] == 2 and "value_batch" not in run["hparams"], "speed-only settings are not part of a run's identity"
     with pytest.raises(Exception, match="another configuration"):
         evaluate(lm, data / "counterfact-val.json", out, method="memit", limit=5, batch_size=1, gen_tokens=0, **FAST_MEMIT)
     assert same_state(lm.model, before)

@@ -105,6 +105,22 @@ def read_json_list(path: str | Path, what: str, example: str) -> list[Any]:
     return records
 
 
+def parse_records(path: str | Path, records: list[Any], parse: Any, what: str) -> list[Any]:
+    """``parse(index, record)`` for each record; a record that does not parse is one DataError naming the
+    file, the record and what was expected."""
+    from modeledit.errors import DataError, ModelEditError
+
+    out = []
+    for i, rec in enumerate(records):
+        try:
+            out.append(parse(i, rec))
+        except (KeyError, TypeError, IndexError) as exc:
+            raise DataError(f"{path}: record {i} is not {what} (missing or bad {exc})") from exc
+        except ModelEditError as exc:
+            raise DataError(f"{path}: record {i}: {exc}") from exc
+    return out
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)

@@ -89,26 +89,14 @@ def template_of(prompt: str, subject: str) -> str:
 def read_requests(path) -> list[Request]:
     """Requests from a JSON file holding a list of ``{prompt, subject, target[, target_true]}`` objects (the
     prompt with '{}' or with the subject written out) or of CounterFact cases (short or original form)."""
-    from pathlib import Path
+    from modeledit.report import parse_records, read_json_list
 
-    from modeledit.errors import DataError, ModelEditError
-    from modeledit.report import read_json_list
+    def parse(i, rec):
+        if "requested_rewrite" in rec or "target_new" in rec:
+            from modeledit.llm.bench.counterfact import _case
+
+            return _case(i, rec).request
+        return Request(template_of(rec["prompt"], rec["subject"]), rec["subject"], rec["target"], rec.get("target_true"))
 
     example = "a JSON list of {prompt, subject, target} objects or CounterFact cases"
-    records = read_json_list(path, "requests", example)
-    out = []
-    for i, rec in enumerate(records):
-        try:
-            if not isinstance(rec, dict):
-                raise TypeError("not an object")
-            if "requested_rewrite" in rec or "target_new" in rec:
-                from modeledit.llm.bench.counterfact import _case
-
-                out.append(_case(i, rec).request)
-            else:
-                out.append(Request(template_of(rec["prompt"], rec["subject"]), rec["subject"], rec["target"], rec.get("target_true")))
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"{Path(path)}: record {i} is not a request ({exc}); expected {example}") from exc
-        except ModelEditError as exc:
-            raise DataError(f"{Path(path)}: record {i}: {exc}") from exc
-    return out
+    return parse_records(path, read_json_list(path, "requests", example), parse, "a request: " + example)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from modeledit.errors import DataError, ModelEditError
+from modeledit.errors import ModelEditError
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
 from modeledit.llm.score import ngram_entropy, score_continuations
-from modeledit.report import read_json_list
+from modeledit.report import parse_records, read_json_list
 from modeledit.report import harmonic_mean, mean
 
 METRICS = (
@@ -78,15 +78,7 @@ def _case(i: int, rec: dict[str, Any]) -> CounterFactCase:
 def load_counterfact(path: str | Path, limit: int | None = None) -> list[CounterFactCase]:
     """Read CounterFact cases, the long (original) or the short form, keeping the file's order."""
     records = read_json_list(path, "CounterFact", "a counterfact JSON file (e.g. ../shared/data/counterfact-val.json)")
-    cases = []
-    for i, rec in enumerate(records[:limit] if limit else records):
-        try:
-            cases.append(_case(i, rec))
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"{path}: record {i} is not a CounterFact case (missing {exc})") from exc
-        except ModelEditError as exc:
-            raise DataError(f"{path}: record {i} (case {rec.get('case_id')}): {exc}") from exc
-    return cases
+    return parse_records(path, records[:limit] if limit else records, _case, "a CounterFact case")
 
 
 class CounterFact:

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from modeledit.errors import DataError, ModelEditError
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
 from modeledit.llm.score import score_continuations
-from modeledit.report import mean, read_json_list
+from modeledit.report import mean, parse_records, read_json_list
 
 METRICS = ("efficacy", "paraphrase", "specificity", "locality_accuracy")
 
@@ -43,19 +42,14 @@ def _space(s: str) -> str:
 def load_zsre(path: str | Path, limit: int | None = None) -> list[ZsRECase]:
     """Read zsRE records (MEND format) in file order; the case id is the record's index."""
     records = read_json_list(path, "zsRE", "a zsRE JSON file in MEND's format (e.g. ../shared/data/zsre-train-1k.json)")
-    cases = []
-    for i, rec in enumerate(records[:limit] if limit else records):
-        try:
-            true = rec["answers"][0] if rec.get("answers") else None
-            target = _space(rec["alt"])
-            request = Request.from_text(rec["src"], rec["subject"], target,
-                                        _space(true) if true and true.strip() != target.strip() else None)
-            cases.append(ZsRECase(i, request, rec["rephrase"], rec["loc"] + "?", _space(rec["loc_ans"])))
-        except (KeyError, TypeError, IndexError) as exc:
-            raise DataError(f"{path}: record {i} is not a zsRE record in MEND's format (missing or bad {exc})") from exc
-        except ModelEditError as exc:
-            raise DataError(f"{path}: record {i}: {exc}") from exc
-    return cases
+    return parse_records(path, records[:limit] if limit else records, _case, "a zsRE record in MEND's format")
+
+
+def _case(i: int, rec: dict[str, Any]) -> ZsRECase:
+    true = rec["answers"][0] if rec.get("answers") else None
+    target = _space(rec["alt"])
+    request = Request.from_text(rec["src"], rec["subject"], target, _space(true) if true and true.strip() != target.strip() else None)
+    return ZsRECase(i, request, rec["rephrase"], rec["loc"] + "?", _space(rec["loc_ans"]))
 
 
 class ZsRE:
