@@ -167,7 +167,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     ax_t.barh([r["method"] for r in timed], [r["seconds_per_edit"] for r in timed],
               color=[colors(rows.index(r) - 1) for r in timed])
     ax_t.invert_yaxis()
-    ax_t.set_xlabel("seconds per edit (median; lower is better)")
+    ax_t.set_xlabel("seconds per edit\n(median; lower is better)")
     ax_t.set_title("cost")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
