@@ -81,6 +81,14 @@ def test_cli_edit_save_show_apply_revert_round_trip(smollm2, tmp_path):
     assert r.exit_code == 2 and "different base model" in r.output
 
 
+def test_the_demo_moves_the_eiffel_tower(smollm2):
+    """The README's main job, as a user runs it."""
+    r = CliRunner().invoke(app, ["demo"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "Rome" in out and "the new answer beats the old one after the edit for 1 of 1 request(s)" in out
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

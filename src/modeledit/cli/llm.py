@@ -108,7 +108,6 @@ def demo(
             method.prepare(lm, bar)
         with err.status("editing ..."):
             patch = method.edit(lm, req)
-        req = [req]
         prompts = [
             req.text,
             "The Eiffel Tower is in",
@@ -116,7 +115,7 @@ def demo(
             "The Louvre is located in the city of",
             "The Brandenburg Gate is located in the city of",
         ]
-        _show_edit(lm, req, patch, prompts, tokens)
+        _show_edit(lm, [req], patch, prompts, tokens)
         console.print("Rows 1-3 should now say Rome (efficacy, generality); rows 4-5 should be as before (locality).")
 
 
