@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -102,3 +104,34 @@ def test_bad_hyper_parameters_are_refused(tiny_factory):
         edit(lm, REQ, method="nope")
     with pytest.raises(RequestError, match="hyper-parameters of rome"):
         edit(lm, REQ, no_such_option=1)
+
+
+def test_bfloat16_precision_finds_the_same_value_and_gives_the_weights_back(tiny_factory):
+    """precision="bfloat16" runs the loop on bfloat16 copies of the weights: keys and values stay the
+    model's own (float32), δ stays float32, and every parameter comes back as the same float32 tensor."""
+    lm = tiny_factory("llama")
+    before = state_bytes(lm.model)
+    rows = build_rows(lm, REQ, ["{}", "Some words before it. {}", "The answer is clear. {}"])
+    (a,) = optimise_values(lm, 2, rows, ValueHyperParams(steps=8))
+    (b,) = optimise_values(lm, 2, rows, ValueHyperParams(steps=8, precision="bfloat16"))
+    assert same_state(lm.model, before) and all(p.dtype == torch.float32 for p in lm.model.parameters())
+    assert torch.equal(a.v0, b.v0) and torch.equal(a.k_star, b.k_star)
+    assert b.delta.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a.delta, b.delta, dim=0) > 0.98
+    assert math.log(b.target_prob[1]) == pytest.approx(math.log(a.target_prob[1]), abs=0.1)
+    assert b.losses[-1] < b.losses[0] - 0.05
+
+
+def test_bfloat16_failure_and_batches_leave_the_model_as_it_was(tiny_factory):
+    from modeledit.llm.precision import attention_for_backward, computing_in
+
+    lm = tiny_factory("llama")
+    before, attn = state_bytes(lm.model), lm.model.config._attn_implementation
+    with pytest.raises(RuntimeError):
+        with computing_in(lm.model, "bfloat16"), attention_for_backward(lm.model, torch.bfloat16, rows=64):
+            assert next(lm.model.parameters()).dtype == torch.bfloat16
+            assert lm.model.config._attn_implementation == "eager" or attn == "eager"
+            raise RuntimeError("boom")
+    assert same_state(lm.model, before) and lm.model.config._attn_implementation == attn
+    with pytest.raises(RequestError, match="precision"):
+        ROME(precision="float16")

@@ -53,6 +53,27 @@ def test_rome_moves_the_eiffel_tower_and_keeps_the_louvre(smollm2):
     assert post[4].logprob > post[5].logprob  # locality: the Louvre stays in Paris
     assert "Rome" in text
     assert same_state(smollm2.model, before)
+    assert patch.entries[0].info["per_request"]["took"] == [True]
+
+
+def test_an_edit_that_cannot_take_in_one_step_says_so(smollm2, tmp_path):
+    """One gradient step cannot move Paris to Rome: the API marks the request, the CLI says why in one line
+    and exits 3, and the saved patch keeps the outcome."""
+    from modeledit import Patch
+    from modeledit.llm.outcome import not_taken
+
+    patch = edit(smollm2, REQ, steps=1, **FAST)
+    ((req, why),) = not_taken(patch)
+    assert req["target"] == " Rome" and "greedy continuation" in why and "steps=2" in why
+    info = patch.entries[0].info["per_request"]
+    assert info["took"] == [False] and info["target_prob_after"][0] < 0.5 and "Paris" in info["model_continuation"][0]
+
+    saved = tmp_path / "weak.safetensors"
+    r = CliRunner().invoke(app, ["edit", "--prompt", REQ.prompt, "--subject", REQ.subject, "--target", " Rome",
+                                 "--target-true", " Paris", "--set", "steps=1", "--stats-tokens", "20000", "--save", str(saved)])
+    assert r.exit_code == 3, r.output
+    assert "did not take" in r.output and "all 1 optimisation steps used" in r.output
+    assert not_taken(Patch.load(saved))
 
 
 def test_cli_edit_save_show_apply_revert_round_trip(smollm2, tmp_path):

@@ -115,6 +115,7 @@ def run_evaluation(
         ),
         **bench.summarize(records),
         "failed_edits": sum(1 for r in records if r.get("error")),
+        "edits_not_taken": sum(1 for r in records for e in (r.get("edit") or []) if e.get("took") is False),
         "cost": {**cost_summary(r["seconds"] for r in records), "gradient_steps_mean": _mean_steps(records)},
         "benchmark_config": bench.config(),
         "hparams": hparams,

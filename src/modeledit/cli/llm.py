@@ -89,6 +89,11 @@ def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int 
     with_true = sum(1 for r in requests if r.target_true)
     if with_true:
         console.print(f"efficacy: the new answer beats the old one after the edit for {beats} of {with_true} request(s)")
+    from modeledit.llm.outcome import not_taken
+
+    if not not_taken(patch):
+        console.print(f"[green]the edit took[/]: the new target is now the model's greedy continuation"
+                      + (" and beats the old answer" if with_true else "") + f" for all {len(requests)} request(s)")
 
 
 @app.command()
@@ -117,6 +122,7 @@ def demo(
         ]
         _show_edit(lm, [req], patch, prompts, tokens)
         console.print("Rows 1-3 should now say Rome (efficacy, generality); rows 4-5 should be as before (locality).")
+    _exit_if_not_taken(patch, 1)
 
 
 @app.command()
@@ -160,6 +166,22 @@ def edit(
         if save:
             patch.save(save)
             console.print(f"patch saved to {save}")
+    _exit_if_not_taken(patch, len(reqs))
+
+
+def _exit_if_not_taken(patch, n: int, shown: int = 5) -> None:
+    """One line per request whose edit did not take (the first few), then exit with status 3."""
+    from modeledit.llm.outcome import not_taken
+
+    failed = not_taken(patch)
+    if not failed:
+        return
+    for r, why in failed[:shown]:
+        err.print(f"[bold red]the edit did not take[/] for {r['prompt'].replace('{}', r['subject'])!r} → {r['target']!r}: {why}")
+    if len(failed) > shown:
+        err.print(f"... and {len(failed) - shown} more")
+    err.print(f"{len(failed)} of {n} edits did not take (exit status 3)")
+    raise typer.Exit(3)
 
 
 def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit, batch_size: int, layer, stats_tokens, corpus,
@@ -183,7 +205,8 @@ def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit,
         c = summary["cost"]
         console.print(
             f"seconds per edited request: median {c['seconds_per_edit_median']:.2f}, max {c['seconds_per_edit_max']:.2f}; "
-            f"peak RSS {c['peak_rss_mb']:.0f} MiB; failed edits: {summary['failed_edits']}"
+            f"peak RSS {c['peak_rss_mb']:.0f} MiB; failed edits: {summary['failed_edits']}; "
+            f"edits that did not take: {summary['edits_not_taken']}"
         )
         console.print(f"written: {out / 'cases.jsonl'}, {out / 'summary.json'}")
 

@@ -187,7 +187,7 @@ def _subject_keys(lm: LanguageModel, layer: int, requests: Sequence[Request], te
         with Hooks(lm.model) as hooks:
             rec = hooks.record(proj, inputs=True, outputs=False)
             hooks.stop_after(proj)
-            lm.model.base_model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)
+            lm.run(rows.input_ids, attention_mask=rows.attention_mask)
         k = rec.input[torch.arange(len(rows.subject_pos)), rows.subject_pos].to(torch.float64)
         n = rows.n_requests
         sums = torch.zeros(n, k.shape[1], dtype=torch.float64, device=k.device).index_add(0, rows.row_request, k)
@@ -203,5 +203,5 @@ def _residual_at(lm: LanguageModel, layer: int, requests: Sequence[Request]) -> 
     with Hooks(lm.model) as hooks:
         rec = hooks.record(block, outputs=True)
         hooks.stop_after(block)
-        lm.model.base_model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)
+        lm.run(rows.input_ids, attention_mask=rows.attention_mask)
     return rec.output[torch.arange(len(rows.subject_pos)), rows.subject_pos].to(torch.float64).float()

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from modeledit.errors import RequestError
 from modeledit.llm.model import LanguageModel
+from modeledit.llm.outcome import record_outcomes
 from modeledit.llm.request import Request
 from modeledit.patch import Patch
 
@@ -81,8 +82,12 @@ class LLMMethod:
         """Compute (or load) what every edit of this model reuses; the default needs nothing."""
 
     def edit(self, lm: LanguageModel, requests: Request | Sequence[Request], progress: Progress | None = None) -> Patch:
-        """The edit of one request or a batch, as one Patch; the model's weights are left exactly as they were."""
+        """The edit of one request or a batch, as one Patch; the model's weights are left exactly as they
+        were. Whether each request's edit took is checked and kept in the patch (``outcome.py``)."""
         reqs = as_requests(requests)
+        return record_outcomes(lm, self._edit(lm, reqs, progress), reqs)
+
+    def _edit(self, lm: LanguageModel, reqs: list[Request], progress: Progress | None) -> Patch:
         if self.joint:
             return self.edit_batch(lm, reqs, progress)
         patches: list[Patch] = []

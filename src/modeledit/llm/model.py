@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -263,6 +264,8 @@ class LanguageModel:
         # applied later (sequential editing) reuse them, as the reference implementations do
         self.identity = self.digest()
         self.memo: dict[str, object] = {}  # per-model in-memory cache (context templates, ...)
+        # transformers 5 renamed past_key_values to cache (the old name warns): use whichever this one takes
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -293,6 +296,12 @@ class LanguageModel:
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def run(self, input_ids: torch.Tensor, *, cache=None, use_cache: bool = False, **kwargs):
+        """The base model (blocks and final norm, no output layer) on a batch, passing and returning the
+        key/value cache under the name this transformers version uses: (final hidden states, cache)."""
+        out = self.model.base_model(input_ids=input_ids, use_cache=use_cache, **{self._cache_arg: cache}, **kwargs)
+        return out.last_hidden_state, (getattr(out, self._cache_arg, None) if use_cache else None)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(t)["input_ids"] for t in texts]

@@ -84,10 +84,8 @@ class PartialForward:
         self._all = None  # (split, kv, h_in) of every row, for select
         if split.prefix_ids.shape[1]:
             with torch.no_grad():
-                out = lm.model.base_model(
-                    input_ids=split.prefix_ids, attention_mask=split.prefix_mask, position_ids=split.prefix_pos, use_cache=True
-                )
-            self.kv = [(c.keys.detach(), c.values.detach()) for c in out.past_key_values.layers]
+                _, cache = lm.run(split.prefix_ids, attention_mask=split.prefix_mask, position_ids=split.prefix_pos, use_cache=True)
+            self.kv = [(c.keys.detach(), c.values.detach()) for c in cache.layers]
 
     def _cache(self):
         if self.kv is None:
@@ -102,13 +100,9 @@ class PartialForward:
     def __call__(self) -> torch.Tensor:
         """The final hidden states (after the model's last norm) of the suffixes."""
         s = self.split
-        return self.lm.model.base_model(
-            input_ids=s.suffix_ids,
-            attention_mask=s.mask,
-            position_ids=s.suffix_pos,
-            past_key_values=self._cache(),
-            use_cache=self.kv is not None,
-        ).last_hidden_state
+        return self.lm.run(
+            s.suffix_ids, attention_mask=s.mask, position_ids=s.suffix_pos, cache=self._cache(), use_cache=self.kv is not None
+        )[0]
 
     def first(self, hooks: Hooks) -> torch.Tensor:
         """The full pass (no gradient), recording what later passes feed in; ``hooks`` may record more."""
@@ -129,6 +123,15 @@ class PartialForward:
         for i in range(self.layer):
             hooks.skip(layout.blocks[i], like=self._like)
         hooks.replace_input(layout.blocks[self.layer], lambda: self.h_in)  # the rows selected at call time
+
+    def to(self, dtype: torch.dtype) -> None:
+        """Cast what the first pass recorded (prefix cache, block inputs), for later passes in ``dtype``."""
+        if self._all is None:
+            raise RuntimeError("run PartialForward.first before casting it")
+        split, kv, h_in = self._all
+        kv = None if kv is None else [(k.to(dtype), v.to(dtype)) for k, v in kv]
+        self._all = (split, kv, h_in.to(dtype))
+        self.kv, self.h_in = kv, self._all[2]
 
     def select(self, idx: torch.Tensor) -> None:
         """Run only the rows ``idx`` (indices into the rows it was built with) in later passes."""

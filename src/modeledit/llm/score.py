@@ -56,7 +56,7 @@ def score_continuations(
             cols += range(len(p) - 1, len(p) - 1 + len(t))
             tgt += t
             owner += [i] * len(t)
-        hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = lm.run(ids, attention_mask=mask)[0]
         logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
         tok_lp = logp.gather(1, torch.tensor(tgt, device=lm.device)[:, None])[:, 0].cpu()
         top1 = logp.argmax(-1).cpu().tolist()

@@ -88,7 +88,7 @@ def collect_second_moments(
         with Hooks(lm.model) as hooks:
             recs = {l: hooks.record(lm.layout.mlp_out[l], inputs=True, outputs=False) for l in layers}
             hooks.stop_after(lm.layout.mlp_out[layers[-1]])
-            lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+            lm.run(ids, attention_mask=mask)
         keep = mask.bool()
         for l in layers:
             k = recs[l].input[keep].to(torch.float32)

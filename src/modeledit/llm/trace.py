@@ -112,7 +112,7 @@ def prepare_prompt(lm: LanguageModel, prompt: str, subject: str, target: str | N
     if target is None:
         p = tok(text)["input_ids"]
         with torch.no_grad():
-            h = lm.model.base_model(input_ids=torch.tensor([p], device=lm.device)).last_hidden_state
+            h = lm.run(torch.tensor([p], device=lm.device))[0]
         t = [int(lm.logits(h[0, -1]).argmax())]
     else:
         if not isinstance(target, str) or not target.strip():
@@ -186,10 +186,9 @@ class CausalTracer:
         with torch.no_grad(), self._autocast(), Hooks(lm.model) as hooks:
             blocks = [hooks.record(m) for m in layout.blocks]
             hooks.edit_output(layout.embed, lambda e: e + self.noise.to(e.dtype))
-            out = lm.model.base_model(input_ids=self.ids.expand(n, T), use_cache=self.can_cut)
-            self.corrupted_prob = float(self._score(out.last_hidden_state).mean())
+            hidden, kv = lm.run(self.ids.expand(n, T), use_cache=self.can_cut)
+            self.corrupted_prob = float(self._score(hidden).mean())
         self.corrupted_hidden = [r.output.detach() for r in blocks]  # block outputs, (samples, T, H)
-        kv = out.past_key_values
         self.kv = [(lay.keys.detach(), lay.values.detach()) for lay in kv.layers] if self.can_cut and kv is not None else None
 
     # ---- pieces
@@ -201,9 +200,7 @@ class CausalTracer:
         B, S = ids.shape
         pos = torch.arange(t0, t0 + S, device=ids.device).expand(B, S)
         mask = torch.ones((B, t0 + S), dtype=torch.long, device=ids.device)
-        return self.lm.model.base_model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=cache is not None
-        ).last_hidden_state
+        return self.lm.run(ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=cache is not None)[0]
 
     def _score(self, hidden: torch.Tensor, t0: int = 0) -> torch.Tensor:
         """(batch,) probability of the whole target, teacher-forced, from final hidden states."""
@@ -349,7 +346,7 @@ class TraceResult:
 def greedy_prediction(lm: LanguageModel, prompt: TracePrompt) -> tuple[bool, str]:
     """Whether the target is the model's greedy continuation, and that continuation (target-long)."""
     with torch.no_grad():
-        h = lm.model.base_model(input_ids=torch.tensor([prompt.ids], device=lm.device)).last_hidden_state
+        h = lm.run(torch.tensor([prompt.ids], device=lm.device))[0]
         top = lm.logits(h[0, prompt.target_positions]).argmax(-1).tolist()
     if top == list(prompt.target_ids):
         return True, prompt.target

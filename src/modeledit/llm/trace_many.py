@@ -55,7 +55,7 @@ def knows(lm: LanguageModel, facts: Sequence[KnownFact], batch_size: int = 32) -
     for b in range(0, len(facts), batch_size):
         enc = [encode_continuation(lm.tokenizer, f.prompt, f.answer) for f in facts[b : b + batch_size]]
         ids, mask = pad_right([p + t[:-1] for p, t in enc], lm.tokenizer.pad_token_id, lm.device)
-        hidden = lm.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = lm.run(ids, attention_mask=mask)[0]
         for i, (p, t) in enumerate(enc):
             out.append(lm.logits(hidden[i, len(p) - 1 : len(p) - 1 + len(t)]).argmax(-1).tolist() == t)
     return out

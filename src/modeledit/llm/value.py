@@ -28,6 +28,7 @@ from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, split_rows
+from modeledit.llm.precision import attention_for_backward, check_precision, computing_in
 from modeledit.llm.request import Request
 from modeledit.llm.rows import Rows, build_rows
 from modeledit.llm.stats import StatsConfig
@@ -43,6 +44,7 @@ class ValueHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5  # times ‖δ‖ / ‖v₀‖², as the reference code writes it
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ clamp · ‖v₀‖
+    precision: str = "float32"  # what the optimisation loop computes in (precision.py)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class MemoryEditHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     clamp_norm_factor: float = 4.0
+    precision: str = "float32"  # the value optimisation's loop: "float32" or "bfloat16" (keys, values and solves stay float32)
     stats_tokens: int = 100_000
     stats_max_len: int = 256
     corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads; else text files or 'dataset:NAME'
@@ -70,6 +73,7 @@ class MemoryEditHyperParams:
                 raise RequestError(name, f"must be a positive finite number, got {v!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise RequestError("steps", f"must be a positive integer, got {self.steps!r}")
+        check_precision(self.precision)
         if "{}" not in self.kl_prompt:
             raise RequestError("kl_prompt", "needs a '{}' for the subject, e.g. '{} is a'")
 
@@ -79,7 +83,7 @@ class MemoryEditHyperParams:
 
     @property
     def value(self) -> ValueHyperParams:
-        return ValueHyperParams(self.lr, self.steps, self.loss_stop, self.kl_factor, self.weight_decay, self.clamp_norm_factor)
+        return ValueHyperParams(self.lr, self.steps, self.loss_stop, self.kl_factor, self.weight_decay, self.clamp_norm_factor, self.precision)
 
 
 @dataclass
@@ -140,34 +144,30 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
     kl_per_request = torch.bincount(owner[k_rows], minlength=n).float().clamp(min=1)
     k_weight = 1.0 / kl_per_request[owner[k_rows]]
 
-    def target_logprob(hidden, keep_rows):
-        """((n,), (n,)): each request's mean over its rewrite rows of the target's token-mean log-probability
-        (teacher-forced), and of the token-mean probability exp(that), on the rows kept."""
+    def scores(hidden, keep_rows):
+        """On the rows kept: each request's mean over its rewrite rows of the target's token-mean
+        log-probability (teacher-forced) and of the token-mean probability exp(that), both (n,); the
+        log-distributions at the KL positions and which KL entries were kept. One pass through the
+        output layer for both (it is the widest matmul of the step)."""
         pos = torch.full((R,), -1, dtype=torch.long, device=dev)
         pos[keep_rows] = torch.arange(len(keep_rows), device=dev)
-        sel = pos[t_rows] >= 0
-        logp = torch.log_softmax(lm.logits(hidden[pos[t_rows[sel]], t_cols[sel]]).float(), dim=-1)
-        tok = logp.gather(1, rows.target_ids[sel][:, None])[:, 0]
-        row_lp = _per_request(tok, t_rows[sel], t_weight[sel], R)  # (R,), 0 for rows not kept
-        mine = pos[every] >= 0
-        mine &= rewrite
+        sel_t, sel_k = pos[t_rows] >= 0, pos[k_rows] >= 0
+        at_t = hidden[pos[t_rows[sel_t]], t_cols[sel_t]]
+        at_k = hidden[pos[k_rows[sel_k]], k_cols[sel_k]]
+        logp = torch.log_softmax(lm.logits(torch.cat([at_t, at_k])).float(), dim=-1)
+        tok = logp[: len(at_t)].gather(1, rows.target_ids[sel_t][:, None])[:, 0]
+        row_lp = _per_request(tok, t_rows[sel_t], t_weight[sel_t], R)  # (R,), 0 for rows not kept
+        mine = (pos[every] >= 0) & rewrite
         lp = _per_request(row_lp[mine], owner[mine], row_weight[mine], n)
         prob = _per_request(row_lp[mine].detach().exp(), owner[mine], row_weight[mine], n)
-        return lp, prob
+        return lp, prob, logp[len(at_t) :], sel_k
 
-    def kl_logprobs(hidden, keep_rows):
-        pos = torch.full((R,), -1, dtype=torch.long, device=dev)
-        pos[keep_rows] = torch.arange(len(keep_rows), device=dev)
-        sel = pos[k_rows] >= 0
-        return torch.log_softmax(lm.logits(hidden[pos[k_rows[sel]], k_cols[sel]]).float(), dim=-1), sel
-
-    # pass 1: the unedited model, every layer
+    # pass 1: the unedited model in its own precision (the keys and values the update uses), every layer
     with torch.no_grad(), Hooks(model) as hooks:
         rec_proj = hooks.record(proj, inputs=True, outputs=at == "mlp_out")
         rec_site = rec_proj if at == "mlp_out" else hooks.record(site, outputs=True)
         hidden = pf.first(hooks)
-        kl_init, _ = kl_logprobs(hidden, every)
-        p_before = target_logprob(hidden, every)[1]
+        _, p_before, kl_init, _ = scores(hidden, every)
     first = rows.first_rows
     v0 = rec_site.output[first, subj_col[first]].float()  # (n, hidden)
     k_star = None
@@ -176,8 +176,9 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         k_star = _per_request(keys[rewrite], owner[rewrite], row_weight[rewrite][:, None], n)
     if not (torch.isfinite(v0).all() and torch.isfinite(kl_init).all() and (k_star is None or torch.isfinite(k_star).all())):
         raise EditFailedError("the unedited model produces non-finite activations on this request; check the model's dtype")
+    del rec_proj, rec_site, hidden
 
-    delta = torch.zeros_like(v0, requires_grad=True)
+    delta = torch.zeros_like(v0, requires_grad=True)  # float32 whatever the loop computes in
     opt = torch.optim.Adam([delta], lr=hp.lr)
     v0_norm = v0.norm(dim=1)
     max_norm = hp.clamp_norm_factor * v0_norm
@@ -188,47 +189,57 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
     p_after = p_before.clone()
 
     def add_delta(out):
-        return out.index_put((torch.arange(len(kept), device=dev), subj_col[kept]), out[torch.arange(len(kept), device=dev), subj_col[kept]] + delta[owner[kept]].to(out.dtype))
+        i = torch.arange(len(kept), device=dev)
+        return out.index_put((i, subj_col[kept]), out[i, subj_col[kept]] + delta[owner[kept]].to(out.dtype))
 
-    with frozen_weights(model), Hooks(model) as hooks:
-        pf.install(hooks)
-        hooks.edit_output(site, add_delta)
-        for step in range(hp.steps):
-            opt.zero_grad(set_to_none=True)
-            hidden = pf()
-            tgt_lp, p_now = target_logprob(hidden, kept)
-            kl_new, sel = kl_logprobs(hidden, kept)
-            kl_rows_kept = k_rows[sel]
-            kl_each = F.kl_div(kl_init[sel], kl_new, log_target=True, reduction="none").sum(-1)
-            kl = _per_request(kl_each, owner[kl_rows_kept], k_weight[sel], n)
-            decay = hp.weight_decay * delta.norm(dim=1) / v0_norm**2
-            loss = -tgt_lp + hp.kl_factor * kl + decay  # (n,): each request's own loss
-            live = loss[active]
-            if not torch.isfinite(live).all():
-                raise EditFailedError(
-                    f"value optimisation diverged (non-finite loss at step {step}); lower the learning rate "
-                    f"(now {hp.lr}) or the clamp factor (now {hp.clamp_norm_factor})"
+    native = next(model.parameters()).dtype
+    with computing_in(model, hp.precision) as dtype, attention_for_backward(model, dtype, R), frozen_weights(model):
+        if dtype != native:
+            # the loop computes in another precision: cast what the first pass recorded, and take the KL
+            # reference in that precision (so that the KL term measures what δ changes, not the precision)
+            pf.to(dtype)
+            with torch.no_grad(), Hooks(model) as hooks:
+                pf.install(hooks)
+                kl_init = scores(pf(), every)[2]
+        with Hooks(model) as hooks:
+            pf.install(hooks)
+            hooks.edit_output(site, add_delta)
+            for step in range(hp.steps):
+                opt.zero_grad(set_to_none=True)
+                tgt_lp, p_now, kl_new, sel = scores(pf(), kept)
+                kl_each = F.kl_div(kl_init[sel], kl_new, log_target=True, reduction="none").sum(-1)
+                kl = _per_request(kl_each, owner[k_rows[sel]], k_weight[sel], n)
+                decay = hp.weight_decay * delta.norm(dim=1) / v0_norm**2
+                loss = -tgt_lp + hp.kl_factor * kl + decay  # (n,): each request's own loss
+                live = loss[active]
+                if not torch.isfinite(live).all():
+                    raise EditFailedError(
+                        f"value optimisation diverged (non-finite loss at step {step}); lower the learning rate "
+                        f"(now {hp.lr}) or the clamp factor (now {hp.clamp_norm_factor})"
+                    )
+                with torch.no_grad():
+                    finished = active & ((loss < hp.loss_stop) | (step == hp.steps - 1))
+                    for i in active.nonzero()[:, 0].tolist():
+                        losses[i].append(float(loss[i].detach()))
+                        p_after[i] = p_now[i]
+                        if finished[i]:
+                            final[i], steps[i] = delta[i].detach().clone(), step
+                log.debug(
+                    "step %d: %d of %d requests active, mean loss %.3f, mean NLL %.3f",
+                    step, int(active.sum()), n, float(live.detach().mean()), float(-tgt_lp[active].detach().mean()),
                 )
-            with torch.no_grad():
-                finished = active & ((loss < hp.loss_stop) | (step == hp.steps - 1))
-                for i in active.nonzero()[:, 0].tolist():
-                    losses[i].append(float(loss[i].detach()))
-                    p_after[i] = p_now[i]
-                    if finished[i]:
-                        final[i], steps[i] = delta[i].detach().clone(), step
-            log.debug("step %d: %d of %d requests active, mean loss %.3f", step, int(active.sum()), n, float(live.detach().mean()))
-            if finished.any():
-                active &= ~finished
-                if not active.any():
-                    break
-                kept = every[active[owner]]
-                pf.select(kept)
-            loss[active].sum().backward()
-            opt.step()
-            with torch.no_grad():
-                norms = delta.norm(dim=1)
-                scale = torch.where(norms > max_norm, max_norm / norms.clamp(min=1e-12), torch.ones_like(norms))
-                delta.mul_(scale[:, None])
+                if finished.any():
+                    active &= ~finished
+                    if not active.any():
+                        break
+                    kept = every[active[owner]]
+                    pf.select(kept)
+                loss[active].sum().backward()
+                opt.step()
+                with torch.no_grad():
+                    norms = delta.norm(dim=1)
+                    scale = torch.where(norms > max_norm, max_norm / norms.clamp(min=1e-12), torch.ones_like(norms))
+                    delta.mul_(scale[:, None])
     seconds = (time.perf_counter() - t0) / n
     return [
         ValueResult(
