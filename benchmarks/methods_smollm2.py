@@ -36,7 +36,7 @@ def data_dir(arg: str | None) -> Path:
 def part_compare(lm, data: Path, out: Path, cases: int, methods: str) -> dict:
     specs = methods.split(",") + [f"memit@{cases}"]
     t = time.perf_counter()
-    result = me.compare(lm, specs, data / "counterfact-val.json", out / "compare", limit=cases)
+    result = me.compare(lm, specs, data / "counterfact-val.json", out / "compare", limit=cases, gen_tokens=40)
     rows = {r["method"]: r for r in result["rows"]}
     s = lambda m: rows[m]["score"] if m in rows else float("nan")  # noqa: E731
     checks = {

@@ -45,7 +45,7 @@ def evaluate(
     benchmark: str = "counterfact",
     limit: int | None = None,
     batch_size: int = 1,
-    gen_tokens: int = 40,
+    gen_tokens: int = 0,
     compare: str = "mean",
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,

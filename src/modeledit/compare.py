@@ -53,7 +53,7 @@ def compare_runs(
     benchmark: str = "counterfact",
     limit: int | None = None,
     batch_size: int = 1,
-    gen_tokens: int = 40,
+    gen_tokens: int = 0,
     settings: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     prepare_progress: Callable[[str, int, int], None] | None = None,

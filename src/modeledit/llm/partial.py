@@ -124,15 +124,6 @@ class PartialForward:
             hooks.skip(layout.blocks[i], like=self._like)
         hooks.replace_input(layout.blocks[self.layer], lambda: self.h_in)  # the rows selected at call time
 
-    def to(self, dtype: torch.dtype) -> None:
-        """Cast what the first pass recorded (prefix cache, block inputs), for later passes in ``dtype``."""
-        if self._all is None:
-            raise RuntimeError("run PartialForward.first before casting it")
-        split, kv, h_in = self._all
-        kv = None if kv is None else [(k.to(dtype), v.to(dtype)) for k, v in kv]
-        self._all = (split, kv, h_in.to(dtype))
-        self.kv, self.h_in = kv, self._all[2]
-
     def select(self, idx: torch.Tensor) -> None:
         """Run only the rows ``idx`` (indices into the rows it was built with) in later passes."""
         if self._all is None:

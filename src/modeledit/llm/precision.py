@@ -1,11 +1,16 @@
-"""The precision the heavy loops (value optimisation, MEMIT's targets, causal traces) compute in.
+"""The precision the heavy loops (the value optimisation of ROME and MEMIT) compute in.
 
-``computing_in(model, "bfloat16")`` swaps every floating parameter's storage for a bfloat16 copy for the
-duration and puts the original tensors back on exit (also on error), so the weights come back bit-exact.
-We cast the weights once instead of using ``torch.autocast``: autocast casts each weight again at every
-use, which on a CPU costs more than the bfloat16 matmul saves (measured: 6.9 s vs 4.9 s per ROME edit).
-What the math needs in float32 stays there: the keys, values and solves of the updates are computed
-outside, and losses are taken in float32.
+``computing_in(model, "bfloat16")`` makes every linear layer of the model multiply in bfloat16 — on
+bfloat16 copies of its weights made once when the block starts — and hand back float32, until the block
+ends; everything else (norms, activations, attention, softmax, losses) stays float32. The weights
+themselves are never touched, so nothing needs restoring but the layers' ``forward``.
+
+Why not ``torch.autocast``: it casts each weight again at every use, which on a CPU costs more than the
+bfloat16 matmul saves (measured: 6.9 s against 4.9 s per ROME edit). Why not a bfloat16 copy of the whole
+model: this CPU's bfloat16 elementwise kernels and differentiated fused attention are slower than float32
+ones, so one ROME edit that way was slower than float32 (8.8 s against 7.8 s on the Eiffel Tower request
+here) while bfloat16 matmuls alone took it to 5.1 s. ``benchmarks/precision_smollm2.py`` measures both
+precisions side by side.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modeledit.errors import RequestError
@@ -27,44 +33,44 @@ def check_precision(name: str, field: str = "precision") -> str:
     return name
 
 
+def _linear_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight as (out, in), bias) of a linear map: nn.Linear, or GPT-2's Conv1D (weight stored (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    if isinstance(module, Conv1D):
+        return module.weight.T, module.bias
+    return None
+
+
 @contextmanager
-def computing_in(model: nn.Module, precision: str) -> Iterator[torch.dtype]:
-    """Run ``model`` with its floating parameters in ``precision`` until the block ends (a no-op when
-    the weights already have that dtype); yields the dtype computed in."""
+def computing_in(model: nn.Module, precision: str) -> Iterator[None]:
+    """Until the block ends, ``model``'s linear layers multiply in ``precision`` and return their input's
+    dtype (a no-op for float32). Gradients flow to the inputs; the copies get none."""
     dtype = PRECISIONS[check_precision(precision)]
-    params = [p for p in model.parameters() if p.is_floating_point() and p.dtype != dtype]
-    if not params:
-        yield dtype
-        return
-    originals = [p.data for p in params]
+    swapped: list[tuple[nn.Module, object]] = []
     try:
-        for p in params:
-            p.data = p.data.to(dtype)
-        yield dtype
-    finally:
-        for p, data in zip(params, originals):
-            p.data = data
+        if dtype != torch.float32:
+            for module in model.modules():
+                found = _linear_weights(module)
+                if found is None or found[0].dtype == dtype:
+                    continue
+                w, b = found
+                w = w.detach().to(dtype).contiguous()
+                b = None if b is None else b.detach().to(dtype)
 
+                def forward(x, w=w, b=b):
+                    return F.linear(x.to(w.dtype), w, b).to(x.dtype)
 
-@contextmanager
-def attention_for_backward(model: nn.Module, dtype: torch.dtype, rows: int) -> Iterator[None]:
-    """Use the plain ("eager") attention while optimising through ``rows`` rows in bfloat16 on a CPU:
-    torch's fused CPU attention is slow to differentiate in bfloat16 on batches (measured on SmolLM2,
-    88 rows: 38 ms per layer and step against 2 ms plain; 22 rows: fused still faster). Restored on exit."""
-    config = getattr(model, "config", None)
-    current = getattr(config, "_attn_implementation", None)
-    swap = (
-        dtype == torch.bfloat16
-        and rows > 32
-        and next(model.parameters()).device.type == "cpu"
-        and current not in (None, "eager")
-        and hasattr(model, "set_attn_implementation")
-    )
-    if not swap:
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
+                swapped.append((module, module.__dict__.get("forward")))
+                module.forward = forward
         yield
     finally:
-        model.set_attn_implementation(current)
+        for module, previous in reversed(swapped):
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous

@@ -28,7 +28,7 @@ from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, split_rows
-from modeledit.llm.precision import attention_for_backward, check_precision, computing_in
+from modeledit.llm.precision import check_precision, computing_in
 from modeledit.llm.request import Request
 from modeledit.llm.rows import Rows, build_rows
 from modeledit.llm.stats import StatsConfig
@@ -61,7 +61,7 @@ class MemoryEditHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     clamp_norm_factor: float = 4.0
-    precision: str = "float32"  # the value optimisation's loop: "float32" or "bfloat16" (keys, values and solves stay float32)
+    precision: str = "float32"  # the value optimisation's matmuls: "float32" or "bfloat16" (precision.py; keys, values, solves stay float32)
     stats_tokens: int = 100_000
     stats_max_len: int = 256
     corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads; else text files or 'dataset:NAME'
@@ -192,12 +192,9 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         i = torch.arange(len(kept), device=dev)
         return out.index_put((i, subj_col[kept]), out[i, subj_col[kept]] + delta[owner[kept]].to(out.dtype))
 
-    native = next(model.parameters()).dtype
-    with computing_in(model, hp.precision) as dtype, attention_for_backward(model, dtype, R), frozen_weights(model):
-        if dtype != native:
-            # the loop computes in another precision: cast what the first pass recorded, and take the KL
-            # reference in that precision (so that the KL term measures what δ changes, not the precision)
-            pf.to(dtype)
+    with computing_in(model, hp.precision), frozen_weights(model):
+        if hp.precision != "float32":
+            # the KL reference in the loop's own precision, so that the KL term measures what δ changes
             with torch.no_grad(), Hooks(model) as hooks:
                 pf.install(hooks)
                 kl_init = scores(pf(), every)[2]

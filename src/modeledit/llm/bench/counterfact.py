@@ -86,7 +86,7 @@ class CounterFact:
 
     name = "counterfact"
 
-    def __init__(self, gen_tokens: int = 40, gen_seed: int = 0, compare: str = "mean"):
+    def __init__(self, gen_tokens: int = 0, gen_seed: int = 0, compare: str = "mean"):
         if compare not in ("mean", "sum"):
             raise ModelEditError(f"compare must be 'mean' (the papers' token-mean log-probability) or 'sum', not {compare!r}")
         self.gen_tokens = gen_tokens
