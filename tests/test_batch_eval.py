@@ -90,6 +90,8 @@ def test_a_case_is_scored_with_its_whole_batch_applied(tiny_factory, data, tmp_p
     for r, d in zip(records, direct):
         assert r["post"]["efficacy_magnitude"] == pytest.approx(d["efficacy_magnitude"], abs=1e-6)
     assert summary["post"]["efficacy_magnitude"] == pytest.approx(100 * sum(d["efficacy_magnitude"] for d in direct) / 2, abs=1e-4)
+    assert "generation_entropy" not in summary["post"]  # not measured without --gen-tokens: left out, not NaN
+    assert summary["edits_not_taken"] == sum(1 for r in records for e in r["edit"] if e["took"] is False)
 
 
 def test_counterfact_compares_token_mean_log_probabilities_by_default(tiny_factory, tmp_path):

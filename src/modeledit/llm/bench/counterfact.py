@@ -138,8 +138,10 @@ class CounterFact:
         """Means over cases, ×100, for the unedited (pre) and edited (post) model."""
         summary: dict[str, Any] = {}
         for phase in ("pre", "post"):
-            m = {k: 100 * mean(r[phase][k] for r in records if k in r[phase]) for k in METRICS if k != "score"}
+            # a metric no case measured (GE without --gen-tokens) is left out, not written as NaN
+            m = {k: 100 * mean(r[phase][k] for r in records if k in r[phase])
+                 for k in METRICS if k != "score" and any(k in r[phase] for r in records)}
             m["score"] = harmonic_mean([m["efficacy_score"], m["paraphrase_score"], m["neighborhood_score"]])
-            summary[phase] = {k: m[k] for k in METRICS}
+            summary[phase] = {k: m[k] for k in METRICS if k in m}
         summary["answer_comparison"] = self.compare
         return summary
