@@ -31,18 +31,9 @@ from modeledit.llm.bench import get_benchmark
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.rows import build_rows
 from modeledit.llm.value import optimise_values
+from rome_smollm2 import matmul_gflops  # benchmarks/ is on the path when run as a script
 
 PRECISIONS = ("float32", "bfloat16")
-
-
-def matmul_gflops(n: int, k: int, m: int, dtype: torch.dtype, reps: int = 50) -> float:
-    a, b = torch.randn(n, k, dtype=dtype), torch.randn(m, k, dtype=dtype).T  # as nn.Linear multiplies
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n * k * m * reps / (time.perf_counter() - t) / 1e9
 
 
 def main() -> None:

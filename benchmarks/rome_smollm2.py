@@ -34,8 +34,9 @@ REF_SECONDS_PER_EDIT = 43.0
 REF_STATS_SECONDS_ONE_LAYER = 149.0
 
 
-def matmul_gflops(n: int, k: int, m: int, reps: int = 50) -> float:
-    a, b = torch.randn(n, k), torch.randn(k, m)
+def matmul_gflops(n: int, k: int, m: int, dtype: torch.dtype = torch.float32, reps: int = 50) -> float:
+    """GFLOP/s of an (n×k)·(k×m) matmul in ``dtype``, the right factor laid out as nn.Linear keeps it."""
+    a, b = torch.randn(n, k, dtype=dtype), torch.randn(m, k, dtype=dtype).T
     for _ in range(3):
         a @ b
     t = time.perf_counter()

@@ -103,7 +103,7 @@ def trace_facts(
     """Trace the known facts of ``data`` (known_1000 format) that the model gets right, up to ``limit``
     of them; resumable. Writes ``aggregate.json`` and ``aggregate.png``; with ``set_layer``, stores the
     layer where the MLP's effect at the last subject token peaks as ROME's default layer for this model."""
-    from modeledit.llm.model import store_layer
+    from modeledit.llm.layer_choice import store_layer
     from modeledit.llm.trace import TraceConfig
     from modeledit.llm.trace_many import load_known, trace_many
     from modeledit.llm.trace_plot import aggregate_plot

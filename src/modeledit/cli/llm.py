@@ -299,7 +299,7 @@ def layer(
     reset: bool = typer.Option(False, "--reset", help="Forget the stored layer choice (back to the paper's relative depth)."),
 ) -> None:
     """Show which layer ROME edits by default for a model, and why."""
-    from modeledit.llm.model import clear_layer
+    from modeledit.llm.layer_choice import clear_layer
     from modeledit.llm.rome import default_layer
 
     with _errors():

@@ -36,7 +36,8 @@ from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.method import LLMMethod
-from modeledit.llm.model import LanguageModel, chosen_layer
+from modeledit.llm.layer_choice import chosen_layer
+from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import second_moments

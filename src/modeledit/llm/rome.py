@@ -21,7 +21,8 @@ import torch
 
 from modeledit.errors import EditFailedError
 from modeledit.llm.contexts import context_templates
-from modeledit.llm.model import LanguageModel, chosen_layer
+from modeledit.llm.layer_choice import chosen_layer
+from modeledit.llm.model import LanguageModel
 from modeledit.llm.method import LLMMethod, check_layers
 from modeledit.llm.request import Request
 from modeledit.llm.stats import second_moments
