@@ -54,10 +54,9 @@ def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int 
 
     before = lm.generate(prompts, tokens)
     pairs = [(r.text, a) for r in requests for a in ([r.target] + ([r.target_true] if r.target_true else []))]
-    p_before = score_continuations(lm, pairs)
+    p_before = iter(score_continuations(lm, pairs))
     with patch.applied(lm):
         after = lm.generate(prompts, tokens)
-        p_after = score_continuations(lm, pairs)
     first = requests[0]
     title = f"{patch.entries[0].method.upper()} edit: {first.text!r} → {first.target!r}"
     table = Table(title=title + (f" and {len(requests) - 1} more" if len(requests) > 1 else ""), show_lines=True)
@@ -72,17 +71,18 @@ def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int 
              else f"layers {info.get('layers')}" + (f" ({info['layers_reason']})" if info.get("layers_reason") else ""))
     steps = info.get("gradient_steps")
     console.print(f"{where}, {steps} gradient steps" + (f" (request 1 of {len(requests)})" if len(requests) > 1 else ""))
-    it = iter(zip(p_before, p_after))
     beats = 0
     for i, r in enumerate(requests):
-        (nb, na) = next(it)
-        tb, ta = next(it) if r.target_true else (None, None)
-        if ta is not None and na.mean_logprob > ta.mean_logprob:
+        # after the edit: the probabilities the edit's outcome check took with the patch applied (outcome.py)
+        own = request_info(patch, i)
+        nb, na = next(p_before).mean_prob, own["target_prob_after"]
+        tb, ta = (next(p_before).mean_prob, own["true_prob_after"]) if r.target_true else (None, None)
+        if ta is not None and na > ta:
             beats += 1
         if i < shown:
-            line = f"P(new {r.target!r} | {r.text!r}): {nb.mean_prob:.4f} → {na.mean_prob:.4f}"
+            line = f"P(new {r.target!r} | {r.text!r}): {nb:.4f} → {na:.4f}"
             if tb is not None:
-                line += f"; P(true {r.target_true!r}): {tb.mean_prob:.4f} → {ta.mean_prob:.4f}"
+                line += f"; P(true {r.target_true!r}): {tb:.4f} → {ta:.4f}"
             console.print(line)
     if len(requests) > shown:
         console.print(f"... and {len(requests) - shown} more requests")

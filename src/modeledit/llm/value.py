@@ -44,7 +44,7 @@ class ValueHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5  # times ‖δ‖ / ‖v₀‖², as the reference code writes it
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ clamp · ‖v₀‖
-    precision: str = "float32"  # what the optimisation loop computes in (precision.py)
+    precision: str = "float32"  # what the loop's matmuls compute in (precision.py)
 
 
 @dataclass(frozen=True)
