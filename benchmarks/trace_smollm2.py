@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import modeledit as me
-from modeledit.llm.trace import KINDS, CausalTracer, Restore, TraceConfig, default_window, prepare_prompt
-from modeledit.llm.trace import subject_noise_level, trace, window_layers
+from modeledit.llm.trace import KINDS, CausalTracer, Restore, TraceConfig, default_window, trace, window_layers
+from modeledit.llm.trace_prompt import prepare_prompt, subject_noise_level
 from modeledit.llm.trace_many import knows, load_known
 
 

@@ -14,10 +14,10 @@ from modeledit.llm.trace import (
     Restore,
     TraceConfig,
     default_window,
-    prepare_prompt,
     trace,
     window_layers,
 )
+from modeledit.llm.trace_prompt import prepare_prompt
 
 from conftest import FAMILIES
 

@@ -29,8 +29,8 @@ import torch
 from modeledit.errors import RequestError
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
-from modeledit.llm.request import fill, template_of
-from modeledit.llm.tokens import encode_continuation, token_span
+from modeledit.llm.precision import check_precision
+from modeledit.llm.trace_prompt import TracePrompt, prepare_prompt, subject_noise_level
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ class TraceConfig:
             raise RequestError("noise_factor", f"must be a positive number, got {self.noise_factor!r}")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
             raise RequestError("window", f"must be a positive integer, got {self.window!r}")
-        if self.precision not in ("float32", "bfloat16"):
-            raise RequestError("precision", f"must be 'float32' or 'bfloat16', got {self.precision!r}")
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -80,73 +79,6 @@ class Restore:
 def window_layers(layer: int, window: int, n_layers: int) -> tuple[int, ...]:
     """The layers restored together around ``layer``: [layer − w/2, layer + w/2), clipped."""
     return tuple(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
-
-
-# --------------------------------------------------------------------------------------------------
-# the prompt
-
-
-@dataclass(frozen=True)
-class TracePrompt:
-    text: str
-    subject: str
-    ids: tuple[int, ...]  # prompt tokens, then the target's tokens but its last (teacher forcing)
-    n_prompt: int
-    subject_span: tuple[int, int]  # prompt tokens [first, last + 1) of the subject
-    target: str
-    target_ids: tuple[int, ...]
-    labels: tuple[str, ...]  # one per prompt token
-
-    @property
-    def target_positions(self) -> list[int]:
-        """The positions whose logits predict the target's tokens."""
-        return list(range(self.n_prompt - 1, self.n_prompt - 1 + len(self.target_ids)))
-
-
-def prepare_prompt(lm: LanguageModel, prompt: str, subject: str, target: str | None = None) -> TracePrompt:
-    """Tokenise and check a prompt ('{}' template or subject written out) and its target. Without a
-    target, the model's own most likely next token is traced."""
-    template = template_of(prompt, subject)
-    text, start = fill(template, subject), template.index("{}")
-    tok = lm.tokenizer
-    if target is None:
-        p = tok(text)["input_ids"]
-        with torch.no_grad():
-            h = lm.run(torch.tensor([p], device=lm.device))[0]
-        t = [int(lm.logits(h[0, -1]).argmax())]
-    else:
-        if not isinstance(target, str) or not target.strip():
-            raise RequestError("target", "is empty: give the answer to trace, e.g. ' Antarctica', or leave it out")
-        p, t = encode_continuation(tok, text, target)
-    limit = getattr(lm.config, "max_position_embeddings", None)
-    if limit and len(p) + len(t) - 1 > limit:
-        raise RequestError(
-            "prompt", f"the prompt and target are {len(p) + len(t) - 1} tokens, longer than the model's context of {limit}: shorten it"
-        )
-    span = token_span(tok, text, start, start + len(subject))
-    if span[1] > len(p):
-        raise RequestError("subject", f"{subject!r} must end before the prompt does")
-    labels = tuple(tok.decode([i]) for i in p)
-    return TracePrompt(text, subject, tuple(p + t[:-1]), len(p), span, tok.decode(t), tuple(t), labels)
-
-
-def subject_noise_level(lm: LanguageModel, subjects: Sequence[str] | None = None, factor: float = 3.0) -> float:
-    """``factor`` × the standard deviation of the model's input embeddings over the tokens of a set of
-    subjects (default: 1,000 titles of the embedded Wikipedia corpus), as the paper sets its noise."""
-    key = ("noise-std", lm.identity, None if subjects is None else tuple(subjects))
-    if key not in lm.memo:
-        if subjects is None:
-            from modeledit.llm.corpus import embedded_titles
-
-            subjects = embedded_titles(1000)
-        ids = [i for s in subjects for i in lm.tokenizer(s, add_special_tokens=False)["input_ids"]]
-        if not ids:
-            raise RequestError("subjects", "tokenise to nothing: give some subject names")
-        embed = lm.model.get_submodule(lm.layout.embed)
-        with torch.no_grad():
-            e = embed(torch.tensor([ids], device=lm.device)).float()
-        lm.memo[key] = float(e.std())
-    return factor * lm.memo[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,6 +126,9 @@ class CausalTracer:
     # ---- pieces
 
     def _autocast(self):
+        # autocast here, not precision.computing_in as the value optimisation uses: these passes are large
+        # and gradient-free, where bfloat16 elementwise kernels pay and a weight copy per chunk does not
+        # (Vinson Massif trace: autocast 30 s, computing_in 35 s, float32 40 s)
         return torch.autocast(self.ids.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16")
 
     def _forward(self, ids: torch.Tensor, t0: int, cache=None) -> torch.Tensor:
