@@ -133,7 +133,9 @@ def test_values_optimised_together_equal_values_optimised_alone(tiny_factory):
     templates = ["{}", "Some words before it. {}", "A longer sentence that comes first here. {}"]
     reqs = REQS + [Request("{} was written in", "Hamlet", " Latin"), Request("{} is the capital of", "Oslo", " Peru")]
     for at in ("mlp_out", "block"):
-        free = ValueHyperParams(steps=8, loss_stop=1e-9)
+        # float32: bfloat16 products round differently as the batch's shape changes, so there a request
+        # gets its lone result only up to bfloat16 rounding (and may cross a loss stop one step apart)
+        free = ValueHyperParams(steps=8, loss_stop=1e-9, precision="float32")
         runs = [optimise_values(lm, 2, build_rows(lm, r, templates), free, at)[0].losses for r in reqs]
         # a loss stop that the requests cross at as many different steps as possible
         def stops(t):

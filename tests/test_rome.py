@@ -141,3 +141,17 @@ def test_bfloat16_matmuls_leave_the_model_as_it_was_also_on_error(tiny_factory):
     assert not any("forward" in m.__dict__ for m in lm.model.modules())
     with pytest.raises(RequestError, match="precision"):
         ROME(precision="float16")
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_multiplies_it():
+    from modeledit.llm.precision import fast_bfloat16, resolve_precision
+    from modeledit.llm.trace import TraceConfig
+
+    cpu = torch.device("cpu")
+    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    assert fast_bfloat16(cpu) == amx
+    assert resolve_precision("auto", cpu) == ("bfloat16" if amx else "float32")
+    assert resolve_precision("float32", cpu) == "float32" and resolve_precision("bfloat16", cpu) == "bfloat16"
+    assert ROME().hparams.precision == "auto"
+    with pytest.raises(RequestError, match="precision"):
+        TraceConfig(precision="auto")  # traces take an explicit precision

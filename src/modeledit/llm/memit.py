@@ -38,6 +38,7 @@ from modeledit.llm.hooks import Hooks
 from modeledit.llm.method import LLMMethod
 from modeledit.llm.layer_choice import chosen_layer
 from modeledit.llm.model import LanguageModel
+from modeledit.llm.precision import resolve_precision
 from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import second_moments
@@ -149,6 +150,7 @@ class MEMIT(LLMMethod):
             },
             "target_distance_left": float((final - z).norm(dim=1).mean() / (z - torch.stack([v.v0 for v in values])).norm(dim=1).mean().clamp(min=1e-12)),
             "value_seconds": t_values,
+            "precision": resolve_precision(hp.precision, lm.device),
             "seconds": time.perf_counter() - t0,
         }
         return self.patch(lm, deltas, requests, {**asdict(hp), "layers": layers, "mom2_update_weight": hp.lam(layout.intermediate_size)}, info)

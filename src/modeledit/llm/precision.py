@@ -25,12 +25,31 @@ from torch import nn
 from modeledit.errors import RequestError
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHOICES = ("auto", *PRECISIONS)  # auto: bfloat16 where the hardware multiplies it fast, else float32
 
 
-def check_precision(name: str, field: str = "precision") -> str:
-    if name not in PRECISIONS:
-        raise RequestError(field, f"must be one of {', '.join(PRECISIONS)}, got {name!r}")
+def check_precision(name: str, field: str = "precision", choices: tuple[str, ...] = CHOICES) -> str:
+    if name not in choices:
+        raise RequestError(field, f"must be one of {', '.join(choices)}, got {name!r}")
     return name
+
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with AMX
+    (on CPUs without it a bfloat16 matmul is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means unknown
+        return bool(amx and amx())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``precision`` means on ``device`` ("auto" resolved)."""
+    if check_precision(precision) != "auto":
+        return precision
+    return "bfloat16" if fast_bfloat16(device) else "float32"
 
 
 def _linear_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -48,9 +67,10 @@ def _linear_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
 
 @contextmanager
 def computing_in(model: nn.Module, precision: str) -> Iterator[None]:
-    """Until the block ends, ``model``'s linear layers multiply in ``precision`` and return their input's
-    dtype (a no-op for float32). Gradients flow to the inputs; the copies get none."""
-    dtype = PRECISIONS[check_precision(precision)]
+    """Until the block ends, ``model``'s linear layers multiply in ``precision`` ("auto": see
+    ``resolve_precision``) and return their input's dtype (a no-op for float32). Gradients flow to the
+    inputs; the copies get none."""
+    dtype = PRECISIONS[resolve_precision(precision, next(model.parameters()).device)]
     swapped: list[tuple[nn.Module, object]] = []
     try:
         if dtype != torch.float32:

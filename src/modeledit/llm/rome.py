@@ -24,6 +24,7 @@ from modeledit.llm.contexts import context_templates
 from modeledit.llm.layer_choice import chosen_layer
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.method import LLMMethod, check_layers
+from modeledit.llm.precision import resolve_precision
 from modeledit.llm.request import Request
 from modeledit.llm.stats import second_moments
 from modeledit.llm.value import MemoryEditHyperParams, compute_values
@@ -128,6 +129,7 @@ class ROME(LLMMethod):
             "target_prob_after_value_opt": res.target_prob[1],
             "delta_norm_over_v0": float(res.delta.norm() / res.v0.norm()),
             "value_seconds": res.seconds,
+            "precision": resolve_precision(hp.precision, lm.device),
         }
         log.info("ROME at layer %d: %d steps, p(target) %.3f -> %.3f", layer, res.steps, *res.target_prob)
         return self.patch(lm, {weight_name: delta}, [request], {**asdict(hp), "layer": layer}, info)

@@ -64,7 +64,7 @@ class TraceConfig:
             raise RequestError("noise_factor", f"must be a positive number, got {self.noise_factor!r}")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
             raise RequestError("window", f"must be a positive integer, got {self.window!r}")
-        check_precision(self.precision)
+        check_precision(self.precision, choices=("float32", "bfloat16"))
 
 
 @dataclass(frozen=True)

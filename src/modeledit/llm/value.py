@@ -9,7 +9,8 @@ the bare prompt, and the KL reference distribution.
 Then each request's δ, added at the edit site at the last subject token of its rows, is optimised with
 Adam on its own loss (NLL of its target + KL on its KL prompts + weight decay). Requests are independent:
 their rows never meet and Adam works element by element, so optimising many in one batch gives each the
-result it gets alone, in fewer and larger passes. A request leaves the batch as soon as its loss is under
+result it gets alone (in float32; in bfloat16 up to its rounding, which depends on the batch's shape), in
+fewer and larger passes. A request leaves the batch as soon as its loss is under
 the stop (its rows are dropped from later passes). Each pass is the one partial forward pass
 (``partial.py``): from the edited layer up, on the tokens from the last subject token on.
 """
@@ -28,7 +29,7 @@ from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, split_rows
-from modeledit.llm.precision import check_precision, computing_in
+from modeledit.llm.precision import check_precision, computing_in, resolve_precision
 from modeledit.llm.request import Request
 from modeledit.llm.rows import Rows, build_rows
 from modeledit.llm.stats import StatsConfig
@@ -44,7 +45,7 @@ class ValueHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5  # times ‖δ‖ / ‖v₀‖², as the reference code writes it
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ clamp · ‖v₀‖
-    precision: str = "float32"  # what the loop's matmuls compute in (precision.py)
+    precision: str = "auto"  # what the loop's matmuls compute in (precision.py)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class MemoryEditHyperParams:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     clamp_norm_factor: float = 4.0
-    precision: str = "float32"  # the value optimisation's matmuls: "float32" or "bfloat16" (precision.py; keys, values, solves stay float32)
+    # the value optimisation's matmuls: "bfloat16", "float32", or "auto" = bfloat16 on hardware that multiplies it
+    # fast (AMX CPUs, recent GPUs), else float32 (precision.py; keys, values, solves, statistics stay float32)
+    precision: str = "auto"
     stats_tokens: int = 100_000
     stats_max_len: int = 256
     corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads; else text files or 'dataset:NAME'
@@ -193,7 +196,7 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         return out.index_put((i, subj_col[kept]), out[i, subj_col[kept]] + delta[owner[kept]].to(out.dtype))
 
     with computing_in(model, hp.precision), frozen_weights(model):
-        if hp.precision != "float32":
+        if resolve_precision(hp.precision, dev) != "float32":
             # the KL reference in the loop's own precision, so that the KL term measures what δ changes
             with torch.no_grad(), Hooks(model) as hooks:
                 pf.install(hooks)
