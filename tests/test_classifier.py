@@ -112,7 +112,10 @@ def test_a_sequence_of_edits_reports_cumulative_drawdown_and_restores_the_weight
     saved = state_bytes(trained.module)
     seq = evaluate_sequence(trained, ENN(lr=0.01), test, random_edits(test, 8, 10, seed=5))
     assert seq["n_edits"] == 8 and len(seq["cumulative_drawdown"]) == 8 and seq["succeeded"] >= 6
-    assert seq["final_drawdown"] > 0 and 0 <= seq["still_holding_at_end"] <= 1
+    assert seq["final_drawdown"] > 0
+    # a share of the 8 edits, and at least the last one (it has just succeeded) still holds at the end
+    held = seq["still_holding_at_end"] * 8
+    assert abs(held - round(held)) < 1e-9 and round(held) >= 1
     assert same_state(trained.module, saved)
 
 
