@@ -54,6 +54,18 @@ def test_rome_moves_the_eiffel_tower_and_keeps_the_louvre(smollm2):
     assert "Rome" in text
     assert same_state(smollm2.model, before)
     assert patch.entries[0].info["per_request"]["took"] == [True]
+    assert patch.entries[0].info["key_reach"] == pytest.approx(1.0, abs=0.2)  # "The Eiffel Tower" reads alike in every context
+
+
+def test_a_subject_first_prompt_is_reached_weakly_and_the_reason_says_so(smollm2):
+    """SmolLM2 adds no BOS: "Big Ben ..." puts "Big" at position 0 while every context row has " Big";
+    the update written at the averaged key reaches the prompt's own key by a fifth, and the outcome says it."""
+    from modeledit.llm.outcome import not_taken
+
+    patch = edit(smollm2, Request("{} is located in the city of", "Big Ben", " Rome", " London"), steps=1, **FAST)
+    assert patch.entries[0].info["key_reach"] < 0.5
+    ((_, why),) = not_taken(patch)
+    assert "own key at 0." in why
 
 
 def test_an_edit_that_cannot_take_in_one_step_says_so(smollm2, tmp_path):

@@ -64,6 +64,10 @@ def _reason(info: dict[str, Any], hparams: dict[str, Any], index: int, greedy: b
     key_gap = isinstance(p_opt, (int, float)) and p_opt > 0.5 and p_opt > 2 * p_after
     if key_gap:  # the value was found; the update written at the averaged key does not reach this prompt's key
         seen.append(f"the optimised value gave P={p_opt:.2f} over the context prompts, the written update only {p_after:.2f} here")
+    reach = _own(info, "key_reach", index)
+    if isinstance(reach, (int, float)) and reach < 0.5:
+        seen.append(f"the update reaches this prompt's own key at {reach:.2f} of the averaged key's "
+                    "(as when a prompt starts with its subject and the model adds no BOS token)")
     steps, limit = _own(info, "gradient_steps", index), hparams.get("steps")
     if isinstance(steps, int) and isinstance(limit, int) and steps >= limit - 1:
         seen.append(f"all {limit} optimisation steps used")

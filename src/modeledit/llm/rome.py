@@ -129,6 +129,8 @@ class ROME(LLMMethod):
             "target_prob_after_value_opt": res.target_prob[1],
             "delta_norm_over_v0": float(res.delta.norm() / res.v0.norm()),
             "value_seconds": res.seconds,
+            # how much of the change written at the averaged key reaches the prompt's own key (1: all of it)
+            "key_reach": float((u[:, 0].double() @ res.k_prompt.double()) / (u[:, 0].double() @ res.k_star.double())),
             "precision": resolve_precision(hp.precision, lm.device),
         }
         log.info("ROME at layer %d: %d steps, p(target) %.3f -> %.3f", layer, res.steps, *res.target_prob)

@@ -92,6 +92,7 @@ class MemoryEditHyperParams:
 @dataclass
 class ValueResult:
     k_star: torch.Tensor | None  # (intermediate,) averaged key (edit site "mlp_out" only)
+    k_prompt: torch.Tensor | None  # (intermediate,) the key of the prompt as written (its bare row), likewise
     v0: torch.Tensor  # (hidden,) value at the edit site, bare prompt
     delta: torch.Tensor  # (hidden,) optimised change of the value
     steps: int  # gradient steps
@@ -173,10 +174,11 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         _, p_before, kl_init, _ = scores(hidden, every)
     first = rows.first_rows
     v0 = rec_site.output[first, subj_col[first]].float()  # (n, hidden)
-    k_star = None
+    k_star = k_prompt = None
     if at == "mlp_out":
         keys = rec_proj.input[every, subj_col].float()
         k_star = _per_request(keys[rewrite], owner[rewrite], row_weight[rewrite][:, None], n)
+        k_prompt = keys[first]
     if not (torch.isfinite(v0).all() and torch.isfinite(kl_init).all() and (k_star is None or torch.isfinite(k_star).all())):
         raise EditFailedError("the unedited model produces non-finite activations on this request; check the model's dtype")
     del rec_proj, rec_site, hidden
@@ -244,6 +246,7 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
     return [
         ValueResult(
             k_star=None if k_star is None else k_star[i],
+            k_prompt=None if k_prompt is None else k_prompt[i],
             v0=v0[i],
             delta=final[i],
             steps=steps[i],
