@@ -3,7 +3,8 @@
 Parts (each resumable: rerun the same command after an interruption):
 
 - ``compare``: the ROME paper's table on the first N cases of counterfact-val.json: every method at batch
-  size 1, plus MEMIT at batch size N (``modeledit compare``); checks the papers' ordering.
+  size 1 (IKE among them), plus MEMIT at batch size N (``modeledit compare``); checks the papers' ordering
+  and IKE's ES and NS, and runs IKE's ablation without retain demonstrations beside it.
 - ``memit1000``: MEMIT, one batch of 1,000 cases of counterfact-train.json: ES, PS, NS against the
   unedited model, and the time of the whole batch (statistics cached beforehand, not counted).
 - ``zsre``: the first N zsRE cases, ROME at batch size 1 and MEMIT at batch size N, with the unedited row.
@@ -16,6 +17,7 @@ Parts (each resumable: rerun the same command after an interruption):
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -47,9 +49,21 @@ def part_compare(lm, data: Path, out: Path, cases: int, methods: str) -> dict:
         "NS(FT-M) far below NS(ROME) (by 10+)": rows["ft-m"]["neighborhood_score"] < rows["rome"]["neighborhood_score"] - 10,
     }
     print((out / "compare" / "comparison.md").read_text())
+    ablation = None
+    if "ike" in rows:
+        # the paper's ablation: the same demonstrations without the retain kind (gen_tokens as in the table)
+        ablation = me.evaluate(lm, data / "counterfact-val.json", out / "ike-ablation" / "ike-no-retain", method="ike", retain=False,
+                               limit=cases, gen_tokens=40)
+        unedited, ike, bare = rows["unedited"]["neighborhood_score"], rows["ike"], ablation["post"]
+        checks["ES(IKE) >= 95"] = ike["efficacy_score"] >= 95
+        checks["NS(IKE) within 5 of the unedited model's"] = ike["neighborhood_score"] >= unedited - 5
+        checks["NS falls without retain demonstrations"] = bare["neighborhood_score"] < ike["neighborhood_score"]
+        print(f"IKE without retain demonstrations: ES {bare['efficacy_score']:.1f} PS {bare['paraphrase_score']:.1f} "
+              f"NS {bare['neighborhood_score']:.1f} (with them: {ike['efficacy_score']:.1f} / {ike['paraphrase_score']:.1f} / "
+              f"{ike['neighborhood_score']:.1f}; unedited NS {unedited:.1f})")
     for k, v in checks.items():
         print(f"  [{'ok' if v else 'MISSED'}] {k}")
-    return {"rows": result["rows"], "checks": checks, "wall_seconds": time.perf_counter() - t}
+    return {"rows": result["rows"], "ike_without_retain": ablation, "checks": checks, "wall_seconds": time.perf_counter() - t}
 
 
 def part_memit1000(lm, data: Path, out: Path, cases: int) -> dict:
@@ -88,10 +102,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["compare", "memit1000", "zsre"], required=True)
     ap.add_argument("--cases", type=int, default=None, help="compare: 200, memit1000: 1000, zsre: 500")
-    ap.add_argument("--methods", default="rome,memit,ft-l,ft-m,lora", help="compare: the methods at batch size 1")
+    ap.add_argument("--methods", default="rome,memit,ft-l,ft-m,lora,ike", help="compare: the methods at batch size 1")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="runs/bench-methods")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data, out = data_dir(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = me.load_model("smollm2-135m", device="cpu")

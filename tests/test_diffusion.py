@@ -40,7 +40,7 @@ def latent() -> DiffusionModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-    from modeledit.diffusion.text import minilm_path
+    from modeledit.sentences import minilm_path
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeledit import Patch, Request, RequestError, edit, get_method, list_methods
+from modeledit import Patch, Request, RequestError, edit, get_method, list_methods, load_edit
 from modeledit.llm.method import as_requests, parse_settings
 from modeledit.llm.score import score_continuations
 
@@ -20,7 +20,29 @@ QUICK = {
     "ft-l": dict(layers=(1,)),
     "ft-m": dict(layers=(1,)),
     "lora": dict(layers=(1, 2)),
+    "ike": dict(k=8),  # and a small pool written by the test (small_pool)
 }
+
+
+def small_pool(path):
+    """A CounterFact file (short form) of 6 cases: IKE's demonstration pool in tests."""
+    import json
+
+    facts = [("{} is located in the city of", "Big Ben", "Berlin", "London", "The Tower of London is in the city of"),
+             ("{} plays the sport of", "Serena Williams", "golf", "tennis", "Roger Federer plays the sport of"),
+             ("{} was written in", "Faust", "French", "German", "The Magic Mountain was written in"),
+             ("The capital of {} is", "France", "Lyon", "Paris", "The capital of the French Republic is"),
+             ("{} is a product of", "iPhone", "Nokia", "Apple", "The MacBook is a product of"),
+             ("{} speaks the language", "Angela Merkel", "Spanish", "German", "Olaf Scholz speaks the language")]
+    records = [{"case_id": i, "prompt": p.replace("{}", s), "subject": s, "target_new": new, "ground_truth": true,
+                "rephrase_prompt": "In other words, " + p.replace("{}", s), "locality_prompt": loc, "locality_ground_truth": true}
+               for i, (p, s, new, true, loc) in enumerate(facts)]
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def quick(name, tmp_path):
+    return {**QUICK.get(name, {}), **({"pool": small_pool(tmp_path / "pool.json")} if name == "ike" else {})}
 
 
 def _mean_target_logprob(lm, reqs):
@@ -28,7 +50,7 @@ def _mean_target_logprob(lm, reqs):
 
 
 def test_the_registry_knows_each_family():
-    assert set(list_methods("llm")) == {"rome", "memit", "ft-l", "ft-m", "lora"}
+    assert set(list_methods("llm")) == {"rome", "memit", "ft-l", "ft-m", "lora", "ike"}
     assert list_methods("classifier") == ["enn"]
     assert set(list_methods("diffusion")) == {"repaint", "imagic"}
     for name in list_methods("llm"):
@@ -39,15 +61,15 @@ def test_the_registry_knows_each_family():
 
 @pytest.mark.parametrize("name", list_methods("llm"))
 def test_every_lm_method_conforms(tiny_factory, tmp_path, monkeypatch, name):
-    """edit a batch -> weights untouched; apply -> only the patch's parameters change and the targets
-    gain; revert -> bit-exact; save/load -> the same patch, applying to the same weights."""
+    """edit a batch -> weights untouched; apply -> only the edit's parameters change and the targets gain
+    (an edit that changes no weight: the model reads its context, exactly as if it were written before the
+    prompt); revert -> bit-exact; save/load -> the same edit, applying to the same weights."""
     monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
     lm = tiny_factory("llama")
     before = state_bytes(lm.model)
-    method = get_method(name, **QUICK.get(name, {}))
+    method = get_method(name, **quick(name, tmp_path))
     method.prepare(lm)
     patch = method.edit(lm, REQS)
-    assert isinstance(patch, Patch)
     assert same_state(lm.model, before), "edit() must leave the weights as they were"
     assert [Request.from_dict(r) for r in patch.requests] == REQS
     assert all(p.requires_grad for p in lm.model.parameters()), "gradients must be switched back on"
@@ -57,18 +79,26 @@ def test_every_lm_method_conforms(tiny_factory, tmp_path, monkeypatch, name):
         now = lm.model.state_dict()
         changed = {k for k in before if not torch.equal(now[k], before[k])}
         edited = {k: v.clone() for k, v in now.items()}
-    assert changed and changed <= set(patch.parameters)
-    assert lp1 > lp0 + 1e-3, f"{name}: the targets' log-probability did not rise ({lp0:.4f} -> {lp1:.4f})"
+        if not patch.parameters:  # in context: the same scores as the context written out, read without it
+            contexts = patch.prefixes([r.text for r in REQS])
+    assert changed <= set(patch.parameters) and bool(changed) == bool(patch.parameters)
+    if patch.parameters:
+        assert isinstance(patch, Patch)
+        assert lp1 > lp0 + 1e-3, f"{name}: the targets' log-probability did not rise ({lp0:.4f} -> {lp1:.4f})"
+    else:
+        written = _mean_target_logprob(lm, [Request.from_text(c + " " + r.text, r.subject, r.target) for c, r in zip(contexts, REQS)])
+        assert abs(written - lp1) < 1e-4
     assert same_state(lm.model, before), "revert must restore the exact bytes"
-    f = patch.save(tmp_path / "p.safetensors")
-    again = Patch.load(f)
-    assert again.requests == patch.requests and again.parameters == patch.parameters
+    f = patch.save(tmp_path / ("p.safetensors" if patch.parameters else "p.json"))
+    again = load_edit(f)
+    assert type(again) is type(patch) and again.requests == patch.requests and again.parameters == patch.parameters
     assert [e.method for e in again.entries] == [e.method for e in patch.entries]
     with again.applied(lm):
         assert same_state(lm.model, edited)
+        assert abs(_mean_target_logprob(lm, REQS) - lp1) < 1e-5
     assert same_state(lm.model, before)
     for e in patch.entries:
-        assert e.info["gradient_steps"] >= 1
+        assert e.info["gradient_steps"] >= (1 if patch.parameters else 0)
 
 
 def test_a_method_that_edits_one_at_a_time_composes_its_edits(tiny_factory, tmp_path, monkeypatch):
@@ -184,3 +214,35 @@ def test_settings_are_checked_against_the_dataclass():
         parse_settings(MEMITHyperParams, ["steps=many"])
     with pytest.raises(RequestError, match="name=value"):
         parse_settings(MEMITHyperParams, ["steps"])
+
+
+def test_memit_reads_keys_and_residuals_as_a_full_pass_does(tiny_factory):
+    """The spread's reader (rows cut after the subject, blocks below the range skipped) sees exactly what a
+    full forward pass over the whole rows sees, also after an update inside the range is applied."""
+    from modeledit.llm.hooks import Hooks
+    from modeledit.llm.memit import _RangeReader
+    from modeledit.llm.rows import build_rows
+
+    lm = tiny_factory("llama")
+    templates = ["{}", "Some words before it. {}", "A longer sentence that comes first here. {}"]
+    reqs = REQS + [Request("{} was written in", "Hamlet", " Latin")]
+    reader = _RangeReader(lm, 1, reqs, templates, batch=2)
+    rows = build_rows(lm, reqs, templates, ())
+    W = lm.model.get_parameter(lm.layout.weight_name(1))
+    original = W.detach().clone()
+    try:
+        for step in range(2):
+            with torch.no_grad(), Hooks(lm.model) as hooks:
+                rec = hooks.record(lm.layout.mlp_out[2], inputs=True, outputs=False)
+                out = hooks.record(lm.layout.blocks[3], outputs=True)
+                lm.run(rows.input_ids, attention_mask=rows.attention_mask)
+            at = torch.arange(len(rows.subject_pos)), rows.subject_pos
+            k = rec.input[at].double()
+            keys = torch.stack([k[rows.row_request == i].mean(0) for i in range(len(reqs))])
+            assert torch.allclose(reader.keys(2), keys, rtol=1e-5, atol=1e-5)  # float32 rounding of other shapes
+            assert torch.allclose(reader.residuals(3), out.output[at][rows.first_rows].float(), rtol=1e-4, atol=1e-5)
+            with torch.no_grad():  # an update of layer 1 (the range's first): keys at 2 and residuals move
+                W.add_(0.05 * torch.randn_like(W))
+    finally:
+        with torch.no_grad():
+            W.copy_(original)

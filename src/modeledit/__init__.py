@@ -20,7 +20,7 @@ from modeledit.errors import (
 from modeledit.patch import Patch
 from modeledit.llm.request import Request
 from modeledit.llm.model import LanguageModel, load_model
-from modeledit.api import compare, edit, evaluate, get_method, imagic, inpaint, list_methods, load_diffusion, load_judge
+from modeledit.api import compare, edit, evaluate, get_method, imagic, inpaint, list_methods, load_diffusion, load_edit, load_judge
 
 __all__ = [
     "DataError",

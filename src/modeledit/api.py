@@ -17,7 +17,7 @@ from modeledit.llm.request import Request
 from modeledit.methods import get_method, list_methods
 from modeledit.patch import Patch
 
-__all__ = ["compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_judge", "load_model",
+__all__ = ["compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_edit", "load_judge", "load_model",
            "trace", "trace_facts"]
 
 JUDGE = Path(__file__).resolve().parent / "weights" / "fashion-judge"
@@ -34,6 +34,13 @@ def edit(
     not changed: apply the edit (``with edit.applied(lm): ...``)."""
     m = get_method(method, **hparams) if isinstance(method, str) else method
     return m.edit(lm, requests, progress)
+
+
+def load_edit(path: str | Path) -> Any:
+    """A saved LM edit: a weight Patch (safetensors) or an in-context edit (JSON, e.g. IKE's)."""
+    from modeledit.llm.context_edit import ContextEdit, is_context_edit_file
+
+    return ContextEdit.load(path) if is_context_edit_file(path) else Patch.load(path)
 
 
 def evaluate(

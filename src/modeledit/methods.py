@@ -10,6 +10,7 @@ from modeledit.diffusion.imagic import Imagic
 from modeledit.diffusion.repaint import RePaint
 from modeledit.errors import RequestError
 from modeledit.llm.ft import FT, FTM
+from modeledit.llm.ike import IKE
 from modeledit.llm.lora import LoRA
 from modeledit.llm.memit import MEMIT
 from modeledit.llm.rome import ROME
@@ -19,7 +20,8 @@ class Method(Protocol):
     """A method has typed hyper-parameters (``HyperParams``, a dataclass with the paper's defaults), a
     ``family`` ("llm", "classifier", "diffusion"), may prepare per-model caches, and turns requests into
     an edit: a Patch (ROME, MEMIT, FT, LoRA, ENN), an edit holding one (Imagic: UNet deltas and
-    embeddings), or, changing no weight, the edited output itself (RePaint: images). LM methods take one
+    embeddings), or, changing no weight, a context read before every prompt (IKE) or the edited output itself
+    (RePaint: images). LM methods take one
     request or a sequence and say whether they edit a batch jointly (``joint``) or one request at a time."""
 
     name: str
@@ -38,6 +40,7 @@ METHODS = MappingProxyType(
         "ft-l": FT,
         "ft-m": FTM,
         "lora": LoRA,
+        "ike": IKE,
         "enn": ENN,
         "repaint": RePaint,
         "imagic": Imagic,

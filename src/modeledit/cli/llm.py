@@ -43,7 +43,7 @@ def _method(name: str, layer: Optional[int] = None, stats_tokens: Optional[int] 
 
 CORPUS_HELP = "Text files for the key statistics, or dataset:NAME (default: the embedded Wikipedia leads)."
 SET_HELP = "Any hyper-parameter of the method, as name=value (repeat), e.g. --set lr=0.1 --set layers=8,9,10."
-METHOD_HELP = "Editing method: rome, memit, ft-l, ft-m, lora."
+METHOD_HELP = "Editing method: rome, memit, ft-l, ft-m, lora, ike."
 STATS_BAR = "key statistics (once per model and layer)"
 
 
@@ -138,7 +138,7 @@ def edit(
     stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
     corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    save: Optional[Path] = typer.Option(None, help="Save the patch here (.safetensors)."),
+    save: Optional[Path] = typer.Option(None, help="Save the edit here (a weight patch: .safetensors; an in-context edit: JSON)."),
     prompts: list[str] = typer.Option([], "--also", help="More prompts to complete before and after."),
     tokens: int = typer.Option(12, help="New tokens per completion."),
 ) -> None:

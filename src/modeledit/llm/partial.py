@@ -72,6 +72,16 @@ def split_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: torch
     )
 
 
+def kv_cache(lm: LanguageModel, kv: list[tuple[torch.Tensor, torch.Tensor]]):
+    """A fresh key/value cache holding ``kv`` (per layer), for one pass that continues those rows."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.model.config)
+    for i, (k, v) in enumerate(kv):
+        cache.update(k, v, i)
+    return cache
+
+
 class PartialForward:
     """``first(hooks)`` runs the suffixes through the whole model (with the caller's recordings);
     afterwards, inside ``install(hooks)``, ``__call__()`` runs them from block ``layer`` up."""
@@ -88,14 +98,7 @@ class PartialForward:
             self.kv = [(c.keys.detach(), c.values.detach()) for c in cache.layers]
 
     def _cache(self):
-        if self.kv is None:
-            return None
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.lm.model.config)
-        for i, (k, v) in enumerate(self.kv):
-            cache.update(k, v, i)
-        return cache
+        return None if self.kv is None else kv_cache(self.lm, self.kv)
 
     def __call__(self) -> torch.Tensor:
         """The final hidden states (after the model's last norm) of the suffixes."""

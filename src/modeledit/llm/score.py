@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from modeledit.llm.model import LanguageModel
+from modeledit.llm.partial import kv_cache
 from modeledit.llm.tokens import encode_continuation, pad_right
 
 
@@ -44,10 +45,35 @@ def score_continuations(
     lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int = 32
 ) -> list[Continuation]:
     """For each (prompt, answer): log P(answer | prompt), summed over the answer's tokens, and the top-1
-    prediction at each answer token."""
+    prediction at each answer token. With an in-context edit applied (``lm.context``), each prompt is read
+    after its context: the context's key/value cache is computed once and shared by its prompts."""
+    context = getattr(lm, "context", None)
+    if context is None:
+        return _score(lm, [encode_continuation(lm.tokenizer, p, a) for p, a in pairs], None, batch_size)
+    prefixes = context.prefixes([p for p, _ in pairs])
+    out: list[Continuation | None] = [None] * len(pairs)
+    for prefix in dict.fromkeys(prefixes):
+        idx = [i for i, x in enumerate(prefixes) if x == prefix]
+        head = lm.tokenizer(prefix)["input_ids"]
+        enc = [encode_continuation(lm.tokenizer, " " + pairs[i][0], pairs[i][1], special=False) for i in idx]
+        window = getattr(lm.config, "sliding_window", None)
+        if window and len(head) + max(len(p) + len(t) for p, t in enc) >= window:
+            # a sliding-window cache keeps only the last window of the context: read each row whole
+            scored = _score(lm, [(head + p, t) for p, t in enc], None, batch_size)
+        else:
+            _, cache = lm.run(torch.tensor([head], device=lm.device), use_cache=True)
+            scored = _score(lm, enc, [(c.keys, c.values) for c in cache.layers], batch_size)
+        for i, c in zip(idx, scored):
+            out[i] = c
+    return out  # type: ignore[return-value]
+
+
+def _score(lm: LanguageModel, encoded: list[tuple[list[int], list[int]]], kv, batch_size: int) -> list[Continuation]:
+    """Score encoded (prompt, answer) token lists, after a shared prefix's ``kv`` (per layer, batch 1) when given."""
     out: list[Continuation] = []
-    for b in range(0, len(pairs), batch_size):
-        enc = [encode_continuation(lm.tokenizer, p, a) for p, a in pairs[b : b + batch_size]]
+    P = 0 if kv is None else kv[0][0].shape[-2]
+    for b in range(0, len(encoded), batch_size):
+        enc = encoded[b : b + batch_size]
         seqs = [p + t for p, t in enc]
         ids, mask = pad_right(seqs, lm.tokenizer.pad_token_id, lm.device)
         rows, cols, tgt, owner = [], [], [], []
@@ -56,7 +82,14 @@ def score_continuations(
             cols += range(len(p) - 1, len(p) - 1 + len(t))
             tgt += t
             owner += [i] * len(t)
-        hidden = lm.run(ids, attention_mask=mask)[0]
+        if kv is None:
+            hidden = lm.run(ids, attention_mask=mask)[0]
+        else:
+            n = len(seqs)
+            cache = kv_cache(lm, [(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:])) for k, v in kv])
+            full_mask = torch.cat([torch.ones(n, P, dtype=mask.dtype, device=mask.device), mask], 1)
+            pos = P + torch.arange(ids.shape[1], device=ids.device)[None].expand(n, -1)
+            hidden = lm.run(ids, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)[0]
         logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
         tok_lp = logp.gather(1, torch.tensor(tgt, device=lm.device)[:, None])[:, 0].cpu()
         top1 = logp.argmax(-1).cpu().tolist()

@@ -7,14 +7,15 @@ import torch
 from modeledit.errors import RequestError
 
 
-def encode_continuation(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+def encode_continuation(tokenizer, prompt: str, target: str, special: bool = True) -> tuple[list[int], list[int]]:
     """Token ids of ``prompt`` and of ``target`` as it continues the prompt.
 
     The target is taken as given (no space added) and tokenised once, after the prompt: from the
     tokenisation of ``prompt + target`` when that starts with the prompt's own tokens, else on its own.
+    ``special=False``: no BOS token before the prompt (it continues a text already read).
     """
-    p = tokenizer(prompt)["input_ids"]
-    full = tokenizer(prompt + target)["input_ids"]
+    p = tokenizer(prompt, add_special_tokens=special)["input_ids"]
+    full = tokenizer(prompt + target, add_special_tokens=special)["input_ids"]
     if full[: len(p)] == p and len(full) > len(p):
         t = full[len(p) :]
     else:

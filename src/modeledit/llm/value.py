@@ -270,11 +270,22 @@ def compute_values(
     chunk: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[ValueResult]:
-    """``optimise_values`` over ``requests``, ``chunk`` requests per batch."""
-    out: list[ValueResult] = []
-    for b in range(0, len(requests), chunk):
-        rows = build_rows(lm, requests[b : b + chunk], templates, kl_prompts)
-        out += optimise_values(lm, layer, rows, hp, at)
+    """``optimise_values`` over ``requests``, ``chunk`` requests per batch. The batches are cut from the
+    requests ordered by the length of what follows their subject (prompt and target), so that a batch's
+    rows have suffixes of about one length and little of each pass is padding (the requests are
+    independent: the order changes no result); the results come back in the requests' order."""
+    def tail(r: Request) -> int:
+        return len(lm.tokenizer(r.prompt.split("{}", 1)[1] + r.target, add_special_tokens=False)["input_ids"])
+
+    order = sorted(range(len(requests)), key=lambda i: tail(requests[i]))
+    out: list[ValueResult | None] = [None] * len(requests)
+    done = 0
+    for b in range(0, len(order), chunk):
+        idx = order[b : b + chunk]
+        rows = build_rows(lm, [requests[i] for i in idx], templates, kl_prompts)
+        for i, v in zip(idx, optimise_values(lm, layer, rows, hp, at)):
+            out[i] = v
+        done += len(idx)
         if progress:
-            progress(len(out), len(requests))
-    return out
+            progress(done, len(requests))
+    return out  # type: ignore[return-value]
