@@ -72,6 +72,24 @@ def split_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: torch
     )
 
 
+class eager_attention:
+    """Plain matmul-softmax attention for the duration, then the model's own kernel again: the passes of an
+    optimisation attend from a few suffix tokens to a few dozen, where the fused kernels' overhead costs more
+    than they save (MEMIT's targets: 7% faster on SmolLM2, 128 requests side by side)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.before = getattr(model.config, "_attn_implementation", None)
+
+    def __enter__(self):
+        if self.before not in (None, "eager") and hasattr(self.model, "set_attn_implementation"):
+            self.model.set_attn_implementation("eager")
+
+    def __exit__(self, *exc):
+        if self.before not in (None, "eager") and hasattr(self.model, "set_attn_implementation"):
+            self.model.set_attn_implementation(self.before)
+
+
 def kv_cache(lm: LanguageModel, kv: list[tuple[torch.Tensor, torch.Tensor]]):
     """A fresh key/value cache holding ``kv`` (per layer), for one pass that continues those rows."""
     from transformers import DynamicCache

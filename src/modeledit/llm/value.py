@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
-from modeledit.llm.partial import PartialForward, split_rows
+from modeledit.llm.partial import PartialForward, eager_attention, split_rows
 from modeledit.llm.precision import check_precision, computing_in, resolve_precision
 from modeledit.llm.request import Request
 from modeledit.llm.rows import Rows, build_rows
@@ -197,7 +197,7 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         i = torch.arange(len(kept), device=dev)
         return out.index_put((i, subj_col[kept]), out[i, subj_col[kept]] + delta[owner[kept]].to(out.dtype))
 
-    with computing_in(model, hp.precision), frozen_weights(model):
+    with computing_in(model, hp.precision), frozen_weights(model), eager_attention(model):
         if resolve_precision(hp.precision, dev) != "float32":
             # the KL reference in the loop's own precision, so that the KL term measures what δ changes
             with torch.no_grad(), Hooks(model) as hooks:
