@@ -47,7 +47,7 @@ class ContextEntry:
 class ContextEdit:
     """Facts and demonstrations put before every prompt while applied (``with edit.applied(lm): ...``)."""
 
-    def __init__(self, entries: Sequence[ContextEntry], meta: Mapping[str, Any] | None = None):
+    def __init__(self, entries: Sequence[ContextEntry], meta: Mapping[str, Any] | None = None, embedder: Any = None):
         self.entries = list(entries)
         self.meta = dict(meta or {})
         if not self.entries:
@@ -58,7 +58,7 @@ class ContextEdit:
         self.contexts = [fact_context(r, d) for e in self.entries for r, d in zip(e.requests, e.demonstrations)]
         self._facts = [fact_sentence(r) for e in self.entries for r in e.requests]
         self._fact_emb = None
-        self._embedder = None
+        self._embedder = embedder  # the sentence encoder that routes prompts to facts (loaded when first needed)
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -80,6 +80,7 @@ class ContextEdit:
             from modeledit.sentences import SentenceEmbedder
 
             self._embedder = SentenceEmbedder()
+        if self._fact_emb is None:
             self._fact_emb = self._embedder(self._facts)
         return (self._embedder(list(prompts)) @ self._fact_emb.T).argmax(1).tolist()
 

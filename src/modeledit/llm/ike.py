@@ -180,7 +180,7 @@ class IKE(LLMMethod):
             "per_request": {"demonstrations_kept": kept},
         }
         entry = ContextEntry(self.name, asdict(self.hparams), [r.to_dict() for r in requests], demos, info)
-        return ContextEdit([entry], {"model": lm.name, "model_identity": lm.identity})
+        return ContextEdit([entry], {"model": lm.name, "model_identity": lm.identity}, embedder=self._embedder)
 
 
 def _context_limit(lm: LanguageModel) -> int:
