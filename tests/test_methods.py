@@ -21,7 +21,30 @@ QUICK = {
     "ft-m": dict(layers=(1,)),
     "lora": dict(layers=(1, 2)),
     "ike": dict(k=8),  # and a small pool written by the test (small_pool)
+    "mello": dict(max_hops=2),  # and a small prompt written by the test (mello_prompt)
 }
+
+MELLO_PROMPT = """Question: What is the capital city of the country of citizenship of Ivanka Trump's spouse?
+Subquestion: Who is Ivanka Trump's spouse?
+Generated answer: Ivanka Trump's spouse is Jared Kushner.
+Retrieved fact: Jared Kushner is a citizen of Canada.
+Retrieved fact does not contradict to generated answer, so the intermediate answer is: Jared Kushner
+Subquestion: What is the country of citizenship of Jared Kushner?
+Generated answer: The country of citizenship of Jared Kushner is United States.
+Retrieved fact: Jared Kushner is a citizen of Canada.
+Retrieved fact contradicts to generated answer, so the intermediate answer is: Canada
+Subquestion: What is the capital city of Canada?
+Generated answer: The capital city of Canada is Ottawa.
+Retrieved fact: Ivanka Trump is married to Jared Kushner.
+Retrieved fact does not contradict to generated answer, so the intermediate answer is: Ottawa
+Final answer: Ottawa
+"""
+
+
+def mello_prompt(path):
+    """A MeLLo prompt of one example (the paper's format)."""
+    path.write_text(MELLO_PROMPT)
+    return str(path)
 
 
 def small_pool(path):
@@ -42,7 +65,8 @@ def small_pool(path):
 
 
 def quick(name, tmp_path):
-    return {**QUICK.get(name, {}), **({"pool": small_pool(tmp_path / "pool.json")} if name == "ike" else {})}
+    files = {"ike": lambda: {"pool": small_pool(tmp_path / "pool.json")}, "mello": lambda: {"prompt": mello_prompt(tmp_path / "mello.txt")}}
+    return {**QUICK.get(name, {}), **files.get(name, dict)()}
 
 
 def _mean_target_logprob(lm, reqs):
@@ -50,7 +74,7 @@ def _mean_target_logprob(lm, reqs):
 
 
 def test_the_registry_knows_each_family():
-    assert set(list_methods("llm")) == {"rome", "memit", "ft-l", "ft-m", "lora", "ike"}
+    assert set(list_methods("llm")) == {"rome", "memit", "ft-l", "ft-m", "lora", "ike", "mello"}
     assert list_methods("classifier") == ["enn"]
     assert set(list_methods("diffusion")) == {"repaint", "imagic"}
     for name in list_methods("llm"):

@@ -51,9 +51,10 @@ def evaluate(
     method: str | Any = "rome",
     benchmark: str = "counterfact",
     limit: int | None = None,
-    batch_size: int = 1,
+    batch_size: int | str = 1,
     gen_tokens: int = 0,
     compare: str = "mean",
+    cot: bool = False,
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
     **hparams: Any,
@@ -61,14 +62,17 @@ def evaluate(
     """Edit the cases of a benchmark file ``batch_size`` at a time, each batch from the unedited model, and
     score them; resumable. Returns the summary also written to ``out_dir/summary.json`` (per-case records
     in ``out_dir/cases.jsonl``). ``benchmark``: "counterfact" (``gen_tokens``, ``compare``: "mean" or
-    "sum" of the answers' token log-probabilities) or "zsre"."""
+    "sum" of the answers' token log-probabilities), "zsre" or "mquake" (``cot``: chain-of-thought
+    prompting of the multi-hop questions). ``batch_size="all"``: every case in one batch (MQuAKE's
+    edits per batch = all)."""
     from modeledit.evaluation import run_evaluation
     from modeledit.llm.bench import get_benchmark
 
-    bench = get_benchmark(benchmark, gen_tokens=gen_tokens, compare=compare) if benchmark == "counterfact" else get_benchmark(benchmark)
+    bench = get_benchmark(benchmark, gen_tokens=gen_tokens, compare=compare, cot=cot)
     m = get_method(method, **hparams) if isinstance(method, str) else method
     cases = bench.load(data, limit)
-    return run_evaluation(lm, m, bench, cases, out_dir, batch_size=batch_size, progress=progress, prepare_progress=prepare_progress)
+    size = len(cases) if batch_size == "all" else batch_size
+    return run_evaluation(lm, m, bench, cases, out_dir, batch_size=size, progress=progress, prepare_progress=prepare_progress)
 
 
 def trace(

@@ -21,23 +21,27 @@ COLUMNS = {
                     ("generation_entropy", "GE")],
     "zsre": [("efficacy", "Efficacy"), ("paraphrase", "Paraphrase"), ("specificity", "Specificity"),
              ("locality_accuracy", "Loc. acc.")],
+    "mquake": [("edit_wise", "Edit-wise"), ("multi_hop", "Multi-hop"), ("hop_wise", "Hop-wise"), ("single_hops", "Single hops")],
 }
 CHART = {"counterfact": ["efficacy_score", "paraphrase_score", "neighborhood_score", "score"],
-         "zsre": ["efficacy", "paraphrase", "specificity"]}
+         "zsre": ["efficacy", "paraphrase", "specificity"], "mquake": ["edit_wise", "multi_hop", "hop_wise"]}
 
 
-def parse_spec(spec: str, batch_size: int) -> tuple[str, int, str]:
-    """``"memit@200"`` -> ("memit", 200, "memit@200"); ``"rome"`` -> ("rome", batch_size, label)."""
+def parse_spec(spec: str, batch_size: int | str) -> tuple[str, int | str, str]:
+    """``"memit@200"`` -> ("memit", 200, "memit@200"); ``"memit@all"``: all cases in one batch; ``"rome"``
+    -> ("rome", batch_size, label)."""
     from modeledit.methods import method_class
 
     name, at, b = spec.strip().partition("@")
-    if at:
+    if at and b.strip() == "all":
+        batch_size = "all"
+    elif at:
         try:
             batch_size = int(b)
         except ValueError:
             raise RequestError("methods", f"{spec!r}: write METHOD@BATCH_SIZE with a whole number, e.g. memit@200") from None
         if batch_size < 1:
-            raise RequestError("methods", f"{spec!r}: the batch size must be at least 1")
+            raise RequestError("methods", f"{spec!r}: the batch size must be at least 1 (or all)")
     cls = method_class(name)
     if cls.family != "llm":
         raise RequestError("methods", f"{name!r} edits {cls.family} models, not language models")
@@ -52,14 +56,15 @@ def compare_runs(
     *,
     benchmark: str = "counterfact",
     limit: int | None = None,
-    batch_size: int = 1,
+    batch_size: int | str = 1,
     gen_tokens: int = 0,
+    cot: bool = False,
     settings: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     prepare_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate several methods on the same cases (``"memit@200"``: MEMIT at batch size 200; else
-    ``batch_size``), each in ``out_dir/<spec>/`` (resumable; the unedited model's scores are computed once
+    ``batch_size``; ``@all``: every case in one batch), each in ``out_dir/<spec>/`` (resumable; the unedited model's scores are computed once
     and shared), and write ``comparison.md``, ``.json`` and ``.png`` with the unedited model's row.
     ``settings``: hyper-parameters per method name, e.g. ``{"memit": {"layers": (6, 7, 8)}}``."""
     from modeledit.evaluation import run_evaluation
@@ -75,7 +80,7 @@ def compare_runs(
     if len(set(labels)) != len(labels):
         raise RequestError("methods", f"a method is named twice: {', '.join(labels)}")
     chosen = {name: get_method(name, **(settings or {}).get(name, {})) for name, _, _ in specs}  # bad settings fail before any work
-    bench = get_benchmark(benchmark, gen_tokens=gen_tokens) if benchmark == "counterfact" else get_benchmark(benchmark)
+    bench = get_benchmark(benchmark, gen_tokens=gen_tokens, cot=cot)
     cases = bench.load(data, limit)
     out = Path(out_dir)
     runs = []
@@ -83,7 +88,7 @@ def compare_runs(
     for name, b, label in specs:
         log.info("comparison: %s", label)
         summary = run_evaluation(
-            lm, chosen[name], bench, cases, out / label, batch_size=b, known_pre=known_pre,
+            lm, chosen[name], bench, cases, out / label, batch_size=len(cases) if b == "all" else b, known_pre=known_pre,
             progress=(lambda d, t, _l=label: progress(_l, d, t)) if progress else None,
             prepare_progress=(lambda d, t, _l=label: prepare_progress(_l, d, t)) if prepare_progress else None,
         )
@@ -108,11 +113,12 @@ def comparison(runs: Sequence[tuple[str, dict[str, Any]]], benchmark: str, model
         if off or s["n"] != runs[0][1]["n"]:
             log.warning("the unedited scores of %s differ from %s's (%s): were the runs made on other cases?", label, runs[0][0], off)
     rows = [{"method": "unedited", "batch_size": None, **{k: pre.get(k) for k in cols}, "seconds_per_edit": None,
-             "peak_rss_mb": None, "gradient_steps_mean": None, "failed_edits": None}]
+             "seconds_per_case": None, "peak_rss_mb": None, "gradient_steps_mean": None, "failed_edits": None}]
     for label, s in runs:
         c = s["cost"]
         rows.append({"method": label, "batch_size": s["batch_size"], **{k: s["post"].get(k) for k in cols},
-                     "seconds_per_edit": c["seconds_per_edit_median"], "peak_rss_mb": c["peak_rss_mb"],
+                     "seconds_per_edit": c["seconds_per_edit_median"], "seconds_per_case": c.get("score_seconds_per_case"),
+                     "peak_rss_mb": c["peak_rss_mb"],
                      "gradient_steps_mean": c.get("gradient_steps_mean"), "failed_edits": s["failed_edits"]})
     return {"benchmark": benchmark, "model": model, "data": data, "n": runs[0][1]["n"],
             "answer_comparison": runs[0][1].get("answer_comparison"), "columns": cols, "rows": rows}
@@ -120,7 +126,7 @@ def comparison(runs: Sequence[tuple[str, dict[str, Any]]], benchmark: str, model
 
 def markdown(result: dict[str, Any]) -> str:
     titles = dict(COLUMNS[result["benchmark"]])
-    head = ["method"] + [titles[k] for k in result["columns"]] + ["s / edit", "peak MiB", "steps"]
+    head = ["method"] + [titles[k] for k in result["columns"]] + ["s / edit", "s / case scored", "peak MiB", "steps"]
     lines = [
         f"{result['benchmark']}, {result['n']} cases of {Path(result['data']).name}, {result['model']} (scores ×100"
         + (f"; answers compared by their {result['answer_comparison']} token log-probability" if result.get("answer_comparison") else "")
@@ -132,9 +138,11 @@ def markdown(result: dict[str, Any]) -> str:
     fmt = lambda v, f="{:.1f}": "—" if v is None else f.format(v)  # noqa: E731
     for r in result["rows"]:
         cells = [r["method"]] + [fmt(r[k]) for k in result["columns"]]
-        cells += [fmt(r["seconds_per_edit"], "{:.2f}"), fmt(r["peak_rss_mb"], "{:.0f}"), fmt(r["gradient_steps_mean"])]
+        cells += [fmt(r["seconds_per_edit"], "{:.2f}"), fmt(r.get("seconds_per_case"), "{:.2f}"), fmt(r["peak_rss_mb"], "{:.0f}"),
+                  fmt(r["gradient_steps_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "s / edit: median seconds per edited request (a batch's time shared out over its requests); "
+              "s / case scored: mean seconds to score a case on the edited model (an in-context edit's longer prompts are its price); "
               "peak MiB: peak resident memory of the run; steps: mean gradient steps per edit."]
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,7 @@
 """The one evaluation loop, for every method and benchmark.
 
-The cases are cut into batches of ``batch_size`` in file order. For each batch: score its cases on the
+The cases are cut into batches of ``batch_size`` in file order (a case whose edits contradict an earlier
+case's in the batch waits for the next batch). For each batch: score its cases on the
 unedited model, edit all the batch's requests in one edit (jointly or one after another, as the method
 does), score each case with the whole batch's edit applied, undo the edit, and stream each case's record
 to ``cases.jsonl``. ``batch_size=1`` edits each case alone. The edit is anything with ``applied(lm)``:
@@ -55,8 +56,8 @@ def run_evaluation(
     done = sum(1 for c in cases if c.case_id in caselog.done)
     if done:
         log.info("resuming: %d of %d cases already done", done, len(cases))
-    for b in range(0, len(cases), batch_size):
-        batch = list(cases[b : b + batch_size])
+    batches = cut_batches(cases, batch_size, bench.requests)
+    for b, batch in enumerate(batches):
         todo = [c for c in batch if c.case_id not in caselog.done]
         if not todo:
             continue
@@ -80,7 +81,7 @@ def run_evaluation(
             idx = owned[case.case_id]
             return {
                 "case_id": case.case_id,
-                "batch": b // batch_size,
+                "batch": b,
                 "requests": [requests[i].to_dict() for i in idx],
                 "pre": pre[case.case_id],
                 "post": post,
@@ -96,7 +97,9 @@ def run_evaluation(
         else:
             with edit.applied(lm):
                 for c in todo:
-                    caselog.write(record(c, bench.score(lm, c, pre[c.case_id])))
+                    t1 = time.perf_counter()
+                    post = bench.score(lm, c, pre[c.case_id])
+                    caselog.write({**record(c, post), "score_seconds": time.perf_counter() - t1})
         done += len(todo)
         if progress:
             progress(done, len(cases))
@@ -114,14 +117,34 @@ def run_evaluation(
             "the model holding the batch's edit; neighbourhood/specificity prompts are scored on each"
         ),
         **bench.summarize(records),
+        "batches": len(batches),
         "failed_edits": sum(1 for r in records if r.get("error")),
         "edits_not_taken": sum(1 for r in records for e in (r.get("edit") or []) if e.get("took") is False),
-        "cost": {**cost_summary(r["seconds"] for r in records), "gradient_steps_mean": _mean_steps(records)},
+        "cost": {**cost_summary(r["seconds"] for r in records), "gradient_steps_mean": _mean_steps(records),
+                 "score_seconds_per_case": _mean([r["score_seconds"] for r in records if "score_seconds" in r])},
         "benchmark_config": bench.config(),
         "hparams": hparams,
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def cut_batches(cases: Sequence[Any], size: int, requests_of: Callable[[Any], Sequence[Any]]) -> list[list[Any]]:
+    """Batches of ``size`` cases in file order, except that a case whose edits contradict one already in
+    the batch (the same subject and prompt, another target: MQuAKE has such pairs) waits for the next."""
+    batches, pending = [], list(cases)
+    while pending:
+        batch, targets, rest = [], {}, []
+        for c in pending:
+            rs = requests_of(c)
+            if len(batch) == size or any(targets.get((r.prompt, r.subject), r.target) != r.target for r in rs):
+                rest.append(c)
+                continue
+            targets.update({(r.prompt, r.subject): r.target for r in rs})
+            batch.append(c)
+        batches.append(batch)
+        pending = rest
+    return batches
 
 
 def request_info(edit: Any, index: int) -> dict[str, Any]:
@@ -137,6 +160,9 @@ def request_info(edit: Any, index: int) -> dict[str, Any]:
     return dict(getattr(edit, "info", {}) or {})
 
 
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 def _mean_steps(records: Sequence[dict[str, Any]]) -> float | None:
-    steps = [e["gradient_steps"] for r in records for e in (r.get("edit") or []) if isinstance(e.get("gradient_steps"), (int, float))]
-    return sum(steps) / len(steps) if steps else None
+    return _mean([e["gradient_steps"] for r in records for e in (r.get("edit") or []) if isinstance(e.get("gradient_steps"), (int, float))])

@@ -12,6 +12,7 @@ from modeledit.errors import RequestError
 from modeledit.llm.ft import FT, FTM
 from modeledit.llm.ike import IKE
 from modeledit.llm.lora import LoRA
+from modeledit.llm.mello import MeLLo
 from modeledit.llm.memit import MEMIT
 from modeledit.llm.rome import ROME
 
@@ -20,8 +21,8 @@ class Method(Protocol):
     """A method has typed hyper-parameters (``HyperParams``, a dataclass with the paper's defaults), a
     ``family`` ("llm", "classifier", "diffusion"), may prepare per-model caches, and turns requests into
     an edit: a Patch (ROME, MEMIT, FT, LoRA, ENN), an edit holding one (Imagic: UNet deltas and
-    embeddings), or, changing no weight, a context read before every prompt (IKE) or the edited output itself
-    (RePaint: images). LM methods take one
+    embeddings), or, changing no weight, a context read before every prompt (IKE), a memory that answers
+    questions by decomposition (MeLLo), or the edited output itself (RePaint: images). LM methods take one
     request or a sequence and say whether they edit a batch jointly (``joint``) or one request at a time."""
 
     name: str
@@ -41,6 +42,7 @@ METHODS = MappingProxyType(
         "ft-m": FTM,
         "lora": LoRA,
         "ike": IKE,
+        "mello": MeLLo,
         "enn": ENN,
         "repaint": RePaint,
         "imagic": Imagic,

@@ -43,7 +43,7 @@ def _method(name: str, layer: Optional[int] = None, stats_tokens: Optional[int] 
 
 CORPUS_HELP = "Text files for the key statistics, or dataset:NAME (default: the embedded Wikipedia leads)."
 SET_HELP = "Any hyper-parameter of the method, as name=value (repeat), e.g. --set lr=0.1 --set layers=8,9,10."
-METHOD_HELP = "Editing method: rome, memit, ft-l, ft-m, lora, ike."
+METHOD_HELP = "Editing method: rome, memit, ft-l, ft-m, lora, ike, mello."
 STATS_BAR = "key statistics (once per model and layer)"
 
 
@@ -184,7 +184,7 @@ def _exit_if_not_taken(patch, n: int, shown: int = 5) -> None:
     raise typer.Exit(3)
 
 
-def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit, batch_size: int, layer, stats_tokens, corpus,
+def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit, batch_size: int | str, layer, stats_tokens, corpus,
           settings, **options) -> None:
     from modeledit.api import evaluate
 
@@ -248,17 +248,43 @@ def eval_zsre(
     _eval("zsre", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings)
 
 
+@eval_app.command("mquake")
+def eval_mquake(
+    data: Path = typer.Option(..., help="MQuAKE JSON, e.g. ../shared/data/mquake-hard.json (its prompt files in mquake-prompts/ beside it)."),
+    out: Path = typer.Option(..., help="Output directory: cases.jsonl (streamed, resumable) and summary.json."),
+    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    method: str = typer.Option("rome", help=METHOD_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    edits_per_batch: str = typer.Option("1", help="Cases whose edits are applied together: a number, or 'all'."),
+    cot: bool = typer.Option(False, "--cot", help="Chain-of-thought prompting of the multi-hop questions (multihop-cot-prompts.txt)."),
+    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
+    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
+    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Edit the cases' facts N cases at a time and score edit-wise, multi-hop and hop-wise accuracy, unedited
+    (original answers) and edited (new answers)."""
+    from modeledit.errors import RequestError
+
+    with _errors():
+        size = edits_per_batch.strip().lower()
+        if size != "all" and not (size.isdigit() and int(size) > 0):
+            raise RequestError("edits-per-batch", f"{edits_per_batch!r}: give a positive number of cases or 'all'")
+    _eval("mquake", data, out, model, method, limit, size if size == "all" else int(size), layer, stats_tokens, corpus, settings, cot=cot)
+
+
 @app.command("compare")
 def compare_cmd(
-    methods: str = typer.Option("rome,memit,ft-l,ft-m,lora", help="Comma-separated methods; METHOD@N runs it at batch size N (e.g. memit@200)."),
-    data: Path = typer.Option(..., help="The benchmark file (CounterFact or zsRE)."),
+    methods: str = typer.Option("rome,memit,ft-l,ft-m,lora", help="Comma-separated methods; METHOD@N runs it at batch size N (e.g. memit@200), METHOD@all on every case at once."),
+    data: Path = typer.Option(..., help="The benchmark file (CounterFact, zsRE or MQuAKE)."),
     out: Path = typer.Option(..., help="Directory: one resumable run per method, comparison.md/.json/.png."),
-    benchmark: str = typer.Option("counterfact", help="counterfact or zsre."),
+    benchmark: str = typer.Option("counterfact", help="counterfact, zsre or mquake."),
     model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
     limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
     batch_size: int = typer.Option(1, help="Batch size of the methods named without @N."),
     settings: list[str] = typer.Option([], "--set", help="A method's hyper-parameter as METHOD.name=value (repeat), e.g. --set memit.layers=6,7,8."),
     gen_tokens: int = typer.Option(0, help="CounterFact: tokens per free generation for GE (default 0: skipped; 40 as in the ROME paper)."),
+    cot: bool = typer.Option(False, "--cot", help="MQuAKE: chain-of-thought prompting of the multi-hop questions."),
 ) -> None:
     """Run several methods on the same cases and write the comparison table and chart."""
     from modeledit.api import compare
@@ -286,8 +312,8 @@ def compare_cmd(
                     bars[(kind, label)](done, total)
                 return update
 
-            compare(lm, names, data, out, benchmark=benchmark, limit=limit, batch_size=batch_size, gen_tokens=gen_tokens,
-                             settings=hparams, progress=bar("cases"), prepare_progress=bar(STATS_BAR))
+            compare(lm, names, data, out, benchmark=benchmark, limit=limit, batch_size=batch_size, gen_tokens=gen_tokens, cot=cot,
+                    settings=hparams, progress=bar("cases"), prepare_progress=bar(STATS_BAR))
         console.print((out / "comparison.md").read_text())
         console.print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}, {out / 'comparison.png'}")
 

@@ -1,5 +1,5 @@
 """An edit that changes no weight: text the model reads before every prompt (IKE's demonstrations and new
-facts). It applies, reverts, saves, loads and shows like a weight Patch, so the evaluation loop, the
+facts; MeLLo's memory of facts, ``mello.py``). It applies, reverts, saves, loads and shows like a weight Patch, so the evaluation loop, the
 outcome check and the CLI take it without special cases.
 
 Applied to a ``LanguageModel`` it becomes the model's ``context``: scoring (``score.py``) and ``generate``
@@ -46,6 +46,8 @@ class ContextEntry:
 
 class ContextEdit:
     """Facts and demonstrations put before every prompt while applied (``with edit.applied(lm): ...``)."""
+
+    kind = "context"  # "memory": MeLLo's (mello.py), which also answers questions itself
 
     def __init__(self, entries: Sequence[ContextEntry], meta: Mapping[str, Any] | None = None, embedder: Any = None):
         self.entries = list(entries)
@@ -101,6 +103,7 @@ class ContextEdit:
         return {
             "format": FORMAT,
             "version": VERSION,
+            "kind": self.kind,
             "meta": self.meta,
             "entries": [
                 {"method": e.method, "hparams": e.hparams, "requests": e.requests, "demonstrations": e.demonstrations, "info": e.info}
@@ -133,6 +136,10 @@ class ContextEdit:
                        for e in data["entries"]]
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise PatchError(f"{where} is not a modeledit in-context edit ({exc}); save it again") from exc
+        if data.get("kind") == "memory":
+            from modeledit.llm.mello import MemoryEdit
+
+            return MemoryEdit(entries, data.get("meta", {}))
         return cls(entries, data.get("meta", {}))
 
     def describe(self) -> dict[str, Any]:

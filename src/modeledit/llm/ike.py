@@ -19,13 +19,13 @@ demonstrations, the least similar are dropped and the edit's report says how man
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from modeledit.datafiles import find_data
 from modeledit.errors import DataError, RequestError
 from modeledit.llm.context_edit import ContextEdit, ContextEntry, fact_context, fact_sentence
 from modeledit.llm.method import LLMMethod
@@ -53,15 +53,8 @@ class IKEHyperParams:
 
 
 def default_pool() -> Path:
-    """counterfact-train.json in $MODELEDIT_DATA, else in ../shared/data beside the working directory or the checkout."""
-    env = os.environ.get("MODELEDIT_DATA")
-    places = [Path(env)] if env else []
-    places += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[4] / "shared" / "data"]
-    for d in places:
-        if (d / "counterfact-train.json").is_file():
-            return d / "counterfact-train.json"
-    raise DataError("IKE's demonstration pool was not found (counterfact-train.json in $MODELEDIT_DATA or ../shared/data): "
-                    "give one with --set pool=PATH (any CounterFact file)")
+    """counterfact-train.json in the data directory ($MODELEDIT_DATA or ../shared/data)."""
+    return find_data("counterfact-train.json", "IKE's demonstration pool", "give one with --set pool=PATH (any CounterFact file)")
 
 
 @dataclass

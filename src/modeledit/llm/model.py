@@ -307,7 +307,6 @@ class LanguageModel:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(t)["input_ids"] for t in texts]
 
-    @torch.no_grad()
     def generate(
         self,
         prompts: str | Sequence[str],
@@ -316,33 +315,16 @@ class LanguageModel:
         do_sample: bool = False,
         top_k: int = 5,
         seed: int = 0,
+        prefix: str = "",
+        stop: Sequence[str] = (),
     ) -> str | list[str]:
         """Continue each prompt; returns only the new text. Sampling (top-k) is seeded and leaves the
-        global random state as it was."""
-        single = isinstance(prompts, str)
-        batch = [prompts] if single else list(prompts)
-        if self.context is not None:  # an in-context edit: each prompt read after its context
-            batch = [c + " " + p for c, p in zip(self.context.prefixes(batch), batch)]
-        tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(batch, return_tensors="pt", padding=True).to(self.device)
-        finally:
-            tok.padding_side = side
-        with torch.random.fork_rng(devices=[self.device] if self.device.type != "cpu" else []):
-            torch.manual_seed(seed)
-            out = self.model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                top_k=top_k if do_sample else None,
-                top_p=None,
-                temperature=None,
-                pad_token_id=tok.pad_token_id,
-            )
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        return texts[0] if single else texts
+        global random state as it was. ``prefix``: text read before every prompt (few-shot examples);
+        an applied in-context edit's context comes before it, chosen by the prompt alone. ``stop``:
+        strings that end a continuation (it is cut before the first). See ``generate.py``."""
+        from modeledit.llm.generate import generate
+
+        return generate(self, prompts, max_new_tokens, do_sample=do_sample, top_k=top_k, seed=seed, prefix=prefix, stop=stop)
 
     def __repr__(self) -> str:
         return f"LanguageModel({self.name!r}, {type(self.model).__name__}, {self.layout.n_layers} layers)"

@@ -14,17 +14,22 @@ from typing import Any
 
 from modeledit.errors import RequestError
 
-NAMES = ("counterfact", "zsre")
+NAMES = ("counterfact", "zsre", "mquake")
 
 
 def get_benchmark(name: str, **options: Any):
-    """A benchmark by name; ``options`` go to its constructor (CounterFact: gen_tokens, compare)."""
+    """A benchmark by name; ``options`` go to its constructor (CounterFact: gen_tokens, compare; MQuAKE:
+    cot, prompts_dir); options another benchmark takes are ignored."""
     if name == "counterfact":
         from modeledit.llm.bench.counterfact import CounterFact
 
-        return CounterFact(**options)
+        return CounterFact(**{k: v for k, v in options.items() if k in ("gen_tokens", "gen_seed", "compare")})
     if name == "zsre":
         from modeledit.llm.bench.zsre import ZsRE
 
         return ZsRE()
+    if name == "mquake":
+        from modeledit.llm.bench.mquake import MQuAKE
+
+        return MQuAKE(**{k: v for k, v in options.items() if k in ("cot", "prompts_dir")})
     raise RequestError("benchmark", f"unknown benchmark {name!r}: choose one of {', '.join(NAMES)}")
