@@ -17,6 +17,7 @@ REQS = [
 QUICK = {
     "rome": dict(layer=1, stats_tokens=3000, context_spec=((5, 2),), steps=8),
     "memit": dict(layers=(1, 2), stats_tokens=3000, context_spec=((5, 2),), steps=8),
+    "alphaedit": dict(layers=(1, 2), stats_tokens=3000, context_spec=((5, 2),), steps=8, nullspace_threshold=10.0),
     "ft-l": dict(layers=(1,)),
     "ft-m": dict(layers=(1,)),
     "lora": dict(layers=(1, 2)),
@@ -74,7 +75,7 @@ def _mean_target_logprob(lm, reqs):
 
 
 def test_the_registry_knows_each_family():
-    assert set(list_methods("llm")) == {"rome", "memit", "ft-l", "ft-m", "lora", "ike", "mello"}
+    assert set(list_methods("llm")) == {"rome", "memit", "alphaedit", "ft-l", "ft-m", "lora", "ike", "mello"}
     assert list_methods("classifier") == ["enn"]
     assert set(list_methods("diffusion")) == {"repaint", "imagic"}
     for name in list_methods("llm"):
@@ -270,3 +271,46 @@ def test_memit_reads_keys_and_residuals_as_a_full_pass_does(tiny_factory):
     finally:
         with torch.no_grad():
             W.copy_(original)
+
+
+def test_alphaedit_writes_only_in_the_null_space_of_the_preserved_keys():
+    """The update moves no preserved direction (C's large eigenvectors) at all; with the whole space as its
+    null space and no earlier edits, it is MEMIT's update with C = I."""
+    from modeledit.llm.alphaedit import alphaedit_update, null_space_projector
+    from modeledit.llm.memit import memit_update
+
+    torch.manual_seed(0)
+    d_in, d_out, n = 12, 7, 4
+    U, _ = torch.linalg.qr(torch.randn(d_in, d_in, dtype=torch.float64))
+    spectrum = torch.cat([torch.linspace(1, 10, 6), torch.full((6,), 1e-4)]).double()
+    C = U @ torch.diag(spectrum) @ U.T
+    P, rank = null_space_projector(C, 1e-2)
+    assert rank == 6
+    keys, resid = torch.randn(n, d_in), torch.randn(n, d_out)
+    earlier = torch.randn(d_in, 3, dtype=torch.float64)
+    R, A = alphaedit_update(resid, keys, P, earlier @ earlier.T, 10.0)
+    dW = R @ A.T
+    kept = U[:, :6]  # the directions the corpus's keys use
+    assert (dW @ kept).abs().max() < 1e-10 * dW.abs().max()
+    assert dW.abs().max() > 1e-3
+    R1, A1 = alphaedit_update(resid, keys, torch.eye(d_in, dtype=torch.float64), None, 10.0)
+    R2, A2 = memit_update(resid, keys, torch.eye(d_in), 10.0)
+    assert torch.allclose(R1 @ A1.T, R2 @ A2.T, atol=1e-10)
+
+
+def test_alphaedit_continues_from_the_edits_the_model_holds(tiny_factory, tmp_path, monkeypatch):
+    """A batch computed on a model holding an AlphaEdit edit keeps that edit's keys; on the unedited model
+    (batches evaluated one by one) it starts from none."""
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
+    lm = tiny_factory("llama")
+    m = get_method("alphaedit", **QUICK["alphaedit"])
+    first = m.edit(lm, REQS[0])
+    alone = m.edit(lm, REQS[1])
+    assert not first.entries[0].info["earlier_edits_remembered"] and not alone.entries[0].info["earlier_edits_remembered"]
+    with first.applied(lm):
+        after = m.edit(lm, REQS[1])
+    assert after.entries[0].info["earlier_edits_remembered"]
+    name = next(iter(alone.parameters))
+    assert not torch.allclose(after.entries[0].deltas[name].materialize(lm.model.get_parameter(name)),
+                              alone.entries[0].deltas[name].materialize(lm.model.get_parameter(name)))
+    assert not m.edit(lm, REQS[1]).entries[0].info["earlier_edits_remembered"]  # reverted: nothing held

@@ -11,7 +11,7 @@ from modeledit.cli import app
 from modeledit.evaluation import cut_batches
 from modeledit.llm.answer import matches, normalize
 from modeledit.llm.bench.mquake import MQuAKE, load_mquake
-from modeledit.llm.generate import _hf_generate
+from modeledit.llm.generate import _hf_generate, cut
 
 from test_methods import mello_prompt
 
@@ -75,43 +75,74 @@ def test_greedy_continuations_after_shared_text_equal_whole_rows(tiny_factory):
     assert stop and lm.generate(rows, 10, prefix=shared, stop=(stop,))[1] == got[1].split(stop, 1)[0]
 
 
-class _Scripted:
-    """A stand-in for the language model in MeLLo's loop: answers each step from a script, by the question."""
+class _ScriptedRows:
+    """A stand-in for the model's rows in MeLLo's loop: each step's text from a script, by the question and
+    the number of facts retrieved so far."""
 
-    def __init__(self, script):
-        self.script, self.context, self.seen = script, None, []
+    def __init__(self, script, texts):
+        self.script, self.texts = script, list(texts)
 
-    def generate(self, prompts, max_new_tokens, prefix="", stop=()):
-        self.seen.append(list(prompts))
+    def extend(self, texts):
+        for i, t in texts.items():
+            self.texts[i] += t
+
+    def greedy(self, rows, max_new_tokens, stop):
         out = []
-        for p in prompts:
-            steps = self.script[p.split("Question: ")[1].split("\n")[0]]
-            out.append(steps[p.count("Retrieved fact: ")])
+        for i in rows:
+            q = self.texts[i].split("Question: ")[1].split("\n")[0]
+            read = self.script[q][self.texts[i].count("Retrieved fact:")]
+            self.texts[i] += read
+            out.append((cut(read, stop), read))
         return out
 
 
-def test_mello_retrieves_by_subquestion_and_follows_the_retrieved_fact(tiny_factory, tmp_path):
+def test_mello_retrieves_by_subquestion_and_follows_the_retrieved_fact(tiny_factory, tmp_path, monkeypatch):
     lm = tiny_factory("llama")
     facts = [Request("{} is married to", "Ivanka Trump", " Rishi Sunak"), Request("{} is a citizen of", "Rishi Sunak", " Canada")]
     memory = edit(lm, facts, method="mello", prompt=mello_prompt(tmp_path / "mello.txt"), max_hops=3)
     q = "What is the country of citizenship of Ivanka Trump's spouse?"
-    script = {q: ["Subquestion: Who is Ivanka Trump's spouse?\nGenerated answer: Ivanka Trump's spouse is Jared Kushner.\n",
+    script = {q: ["Subquestion: Who is Ivanka Trump's spouse?\nGenerated answer: Ivanka Trump's spouse is Jared Kushner.\nRetrieved fact:",
                   "Retrieved fact contradicts to generated answer, so the intermediate answer is: Rishi Sunak\n"
-                  "Subquestion: What is the country of citizenship of Rishi Sunak?\nGenerated answer: Rishi Sunak is a citizen of United Kingdom.\n",
-                  "Retrieved fact contradicts to generated answer, so the intermediate answer is: Canada\nFinal answer: Canada"],
-              "Who is Rishi Sunak?": ["I do not know.\n"]}
-    fake = _Scripted(script)
-    answers, traces = memory.answer_questions(fake, [q, "Who is Rishi Sunak?"])
+                  "Subquestion: What is the country of citizenship of Rishi Sunak?\nGenerated answer: Rishi Sunak is a citizen of UK.\nRetrieved fact:",
+                  "Retrieved fact contradicts to generated answer, so the intermediate answer is: Canada\nFinal answer: Canada\n\nQuestion:"],
+              "Who is Rishi Sunak?": ["I do not know.\n\nQuestion:"]}
+    made = []
+    monkeypatch.setattr("modeledit.llm.generate.stepwise", lambda lm, head, texts: made.append(_ScriptedRows(script, texts)) or made[-1])
+    answers, traces = memory.answer_questions(lm, [q, "Who is Rishi Sunak?"])
     assert answers == ["Canada", ""]
     assert [s.get("retrieved") for s in traces[0]["steps"]] == ["Ivanka Trump is married to Rishi Sunak", "Rishi Sunak is a citizen of Canada", None]
     assert traces[1]["stopped"] == "no subquestion"
-    assert fake.seen[1] == [fake.seen[0][0] + script[q][0] + "Retrieved fact: Ivanka Trump is married to Rishi Sunak.\n"]
+    assert made[0].texts[0].startswith("\n\nQuestion: " + q + "\n" + script[q][0] + " Ivanka Trump is married to Rishi Sunak.\nRetrieved fact contradicts")
     # bounded: a model that never concludes stops after max_hops retrievals
-    endless = _Scripted({q: ["Subquestion: Who is Ivanka Trump's spouse?\nGenerated answer: Jared Kushner.\n"] * 5})
-    answers, traces = memory.answer_questions(endless, [q])
+    script[q] = ["Subquestion: Who is Ivanka Trump's spouse?\nGenerated answer: Jared Kushner.\nRetrieved fact:"] * 5
+    answers, traces = memory.answer_questions(lm, [q])
     assert answers == [""] and len(traces[0]["steps"]) == 4 and "after 3 retrievals" in traces[0]["stopped"]
     again = load_edit(memory.save(tmp_path / "memory.json"))
-    assert type(again) is type(memory) and again.answer_questions(_Scripted(script), [q])[0] == ["Canada"]
+    assert type(again) is type(memory) and again.entries[0].info["memory"] == memory.entries[0].info["memory"]
+
+
+def test_rows_continued_step_by_step_read_what_a_whole_pass_reads(tiny_factory):
+    """Rows kept between steps (MeLLo's loop): after a shared head, text appended to some rows and greedy
+    steps of others give the tokens that greedy decoding of each row's whole token sequence gives."""
+    import torch
+
+    from modeledit.llm.generate import Rows
+
+    lm = tiny_factory("llama")
+    tok = lm.tokenizer
+    head, texts = "Question: Who wrote Faust?", ["\nSubquestion: Who", "\nSubquestion: What is the capital of France?"]
+    rows = Rows(lm, head, texts)
+    first = rows.greedy([0, 1], 5)
+    rows.extend({1: " Retrieved fact: Paris."})
+    second = rows.greedy([1], 4)
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for row, (got, read) in ((0, first[0]), (1, second[0])):
+        seq = tok(head)["input_ids"] + ids(texts[row])
+        if row == 1:
+            seq += ids(first[1][1]) + ids(" Retrieved fact: Paris.")
+        want = lm.model.generate(torch.tensor([seq]), attention_mask=torch.ones(1, len(seq), dtype=torch.long),
+                                 max_new_tokens=5 if row == 0 else 4, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert got == read == tok.decode(want[0, len(seq):], skip_special_tokens=True)
 
 
 def test_mquake_evaluation_scores_both_paths_and_resumes(tiny_factory, data, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from modeledit.classifier.enn import ENN
 from modeledit.diffusion.imagic import Imagic
 from modeledit.diffusion.repaint import RePaint
 from modeledit.errors import RequestError
+from modeledit.llm.alphaedit import AlphaEdit
 from modeledit.llm.ft import FT, FTM
 from modeledit.llm.ike import IKE
 from modeledit.llm.lora import LoRA
@@ -38,6 +39,7 @@ METHODS = MappingProxyType(
     {
         "rome": ROME,
         "memit": MEMIT,
+        "alphaedit": AlphaEdit,
         "ft-l": FT,
         "ft-m": FTM,
         "lora": LoRA,

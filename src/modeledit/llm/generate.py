@@ -47,9 +47,15 @@ def generate(
             rows = [i for i, h in enumerate(heads) if h == head]
             for i, t in zip(rows, _greedy_after(lm, head, [asked[i] for i in rows], max_new_tokens, stop)):
                 texts[i] = t
-    for s in stop:
-        texts = [t.split(s, 1)[0] for t in texts]
+    texts = [cut(t, stop) for t in texts]
     return texts[0] if single else texts
+
+
+def cut(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to its first stop string."""
+    for s in stop:
+        text = text.split(s, 1)[0]
+    return text
 
 
 def _hf_generate(lm: Any, batch: list[str], max_new_tokens: int, do_sample: bool, top_k: int, seed: int, stop: Sequence[str]) -> list[str]:
@@ -78,15 +84,14 @@ def _hf_generate(lm: Any, batch: list[str], max_new_tokens: int, do_sample: bool
 
 def _greedy_after(lm: Any, head: str, prompts: list[str], max_new_tokens: int, stop: Sequence[str], batch_size: int = 16) -> list[str]:
     """Greedy continuations of ``prompts``, each read after ``head`` (tokenized on its own, as scoring does)."""
-    tok = lm.tokenizer
-    head_ids, kv = _head_kv(lm, head)
     out: list[str] = []
     for b in range(0, len(prompts), batch_size):
-        rows = [tok(p, add_special_tokens=False)["input_ids"] or [tok.pad_token_id] for p in prompts[b : b + batch_size]]
-        out += _decode(lm, kv, len(head_ids), rows, max_new_tokens, stop)
+        rows = Rows(lm, head, prompts[b : b + batch_size])
+        out += [text for text, _ in rows.greedy(range(len(rows.texts)), max_new_tokens, stop)]
     return out
 
 
+@torch.no_grad()
 def _head_kv(lm: Any, head: str) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]:
     """The tokens of ``head`` and their key/value cache, kept in the model's memo while its weights are
     unchanged (the parameters' version counters: applying or reverting an edit moves them), least
@@ -105,37 +110,100 @@ def _head_kv(lm: Any, head: str) -> tuple[list[int], list[tuple[torch.Tensor, to
     return memo[key]
 
 
-def _decode(lm: Any, kv, P: int, rows: list[list[int]], max_new_tokens: int, stop: Sequence[str]) -> list[str]:
-    n, width = len(rows), max(map(len, rows))
-    pad = lm.tokenizer.pad_token_id or 0
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    own = torch.zeros((n, width), dtype=torch.long)
-    for i, r in enumerate(rows):  # left-padded after the shared head
-        ids[i, width - len(r) :] = torch.tensor(r)
-        own[i, width - len(r) :] = 1
-    ids, own = ids.to(lm.device), own.to(lm.device)
-    mask = torch.cat([torch.ones(n, P, dtype=own.dtype, device=own.device), own], 1)
-    pos = (P + own.cumsum(1) - 1).clamp(min=P)
-    cache = kv_cache(lm, [(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:])) for k, v in kv])
-    hidden, cache = lm.run(ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-    eos = lm.tokenizer.eos_token_id
-    new: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
-    pos = pos[:, -1:]
-    for _ in range(max_new_tokens):
-        nxt = lm.logits(hidden[:, -1]).argmax(-1)
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
-            if t == eos:
-                done[i] = True
-                continue
-            new[i].append(t)
-            if stop and any(s in lm.tokenizer.decode(new[i][-8:]) for s in stop):
-                done[i] = True
-        if all(done):
-            break
-        mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=mask.device)], 1)
-        pos = pos + 1
-        hidden, cache = lm.run(nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-    return [lm.tokenizer.decode(t, skip_special_tokens=True) for t in new]
+def stepwise(lm: Any, head: str, texts: Sequence[str]) -> "Rows | TextRows":
+    """Rows continued step by step after ``head`` (MeLLo's loop): with their cache kept between steps,
+    or, on a sliding-window model, re-read whole at each step."""
+    return TextRows(lm, head, texts) if getattr(lm.config, "sliding_window", None) else Rows(lm, head, texts)
+
+
+class Rows:
+    """Rows read after a shared head, continued step by step with their keys and values kept: ``extend``
+    appends text to some rows, ``greedy`` continues some rows; each step reads only its new tokens. The
+    rows step together (one batched pass per token); a row that is not moving takes masked pads."""
+
+    def __init__(self, lm: Any, head: str, texts: Sequence[str]):
+        self.lm = lm
+        self.texts = list(texts)  # what each row has read, after the head
+        head_ids, kv = _head_kv(lm, head)
+        n, dev = len(self.texts), lm.device
+        self.cache = kv_cache(lm, [(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:])) for k, v in kv])
+        self.mask = torch.ones(n, len(head_ids), dtype=torch.long, device=dev)
+        self.next_pos = torch.full((n,), len(head_ids), dtype=torch.long, device=dev)
+        self.last: torch.Tensor | None = None  # next-token logits of each row
+        self._feed({i: lm.tokenizer(t, add_special_tokens=False)["input_ids"] for i, t in enumerate(self.texts)})
+
+    def extend(self, texts: dict[int, str]) -> None:
+        """Append ``texts[i]`` to row i."""
+        for i, t in texts.items():
+            self.texts[i] += t
+        self._feed({i: self.lm.tokenizer(t, add_special_tokens=False)["input_ids"] for i, t in texts.items()})
+
+    @torch.no_grad()
+    def _feed(self, toks: dict[int, list[int]]) -> None:
+        toks = {i: t for i, t in toks.items() if t}
+        if not toks:
+            return
+        n, width, dev = len(self.texts), max(map(len, toks.values())), self.lm.device
+        ids = torch.full((n, width), self.lm.tokenizer.pad_token_id or 0, dtype=torch.long)
+        own = torch.zeros((n, width), dtype=torch.long)
+        for i, t in toks.items():  # left-padded, so that each row's last token is in the last column
+            ids[i, width - len(t) :] = torch.tensor(t)
+            own[i, width - len(t) :] = 1
+        ids, own = ids.to(dev), own.to(dev)
+        pos = self.next_pos[:, None] + (own.cumsum(1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, own], 1)
+        hidden, self.cache = self.lm.run(ids, attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True)
+        logits = self.lm.logits(hidden[:, -1])
+        rows = torch.tensor(sorted(toks), device=dev)
+        self.last = logits if self.last is None else self.last.index_copy(0, rows, logits[rows])
+        self.next_pos = self.next_pos + own.sum(1)
+
+    def greedy(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> list[tuple[str, str]]:
+        """Continue ``rows`` greedily; per row (the text cut before its first stop string, the text read —
+        up to and including the token that completed the stop string or the end)."""
+        tok = self.lm.tokenizer
+        rows = list(rows)
+        new: dict[int, list[int]] = {i: [] for i in rows}
+        moving = set(rows)
+        for _ in range(max_new_tokens):
+            if not moving:
+                break
+            nxt = self.last.argmax(-1).tolist()
+            fed: dict[int, list[int]] = {}
+            for i in sorted(moving):
+                if nxt[i] == tok.eos_token_id:
+                    moving.discard(i)
+                    continue
+                new[i].append(nxt[i])
+                fed[i] = [nxt[i]]
+                if stop and any(s in tok.decode(new[i][-8:]) for s in stop):
+                    moving.discard(i)
+            self._feed(fed)
+        out = []
+        for i in rows:
+            read = tok.decode(new[i], skip_special_tokens=True)
+            self.texts[i] += read
+            out.append((cut(read, stop), read))
+        return out
+
+
+class TextRows:
+    """``Rows`` for models whose cache keeps only a window: each step re-reads the rows whole."""
+
+    def __init__(self, lm: Any, head: str, texts: Sequence[str]):
+        self.lm, self.head, self.texts = lm, head, list(texts)
+
+    def extend(self, texts: dict[int, str]) -> None:
+        for i, t in texts.items():
+            self.texts[i] += t
+
+    def greedy(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> list[tuple[str, str]]:
+        rows = list(rows)
+        reads = _hf_generate(self.lm, [self.head + self.texts[i] for i in rows], max_new_tokens, False, 5, 0, stop)
+        out = []
+        for i, read in zip(rows, reads):
+            ends = [read.index(s) + len(s) for s in stop if s in read]
+            read = read[: min(ends)] if ends else read
+            self.texts[i] += read
+            out.append((cut(read, stop), read))
+        return out

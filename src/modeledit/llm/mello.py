@@ -72,39 +72,39 @@ class MemoryEdit(ContextEdit):
     kind = "memory"
 
     def answer_questions(self, lm: Any, questions: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
+        from modeledit.llm.generate import stepwise
+
         entry = self.entries[0]
         hp = MeLLoHyperParams(**entry.hparams)
-        prompt = entry.info["prompt"]
-        texts = [f"\n\nQuestion: {q}\n" for q in questions]
         traces: list[dict[str, Any]] = [{"question": q, "steps": [], "answer": ""} for q in questions]
-        active = list(range(len(questions)))
         before, lm.context = lm.context, None  # the loop reads the prompt, not the memory's prefixes
         try:
+            rows = stepwise(lm, entry.info["prompt"], [f"\n\nQuestion: {q}\n" for q in questions])
+            active = list(range(len(questions)))
             for hop in range(hp.max_hops + 1):
                 if not active:
                     break
-                gens = lm.generate([texts[i] for i in active], hp.step_tokens, prefix=prompt, stop=STOP)
                 subs, still = [], []
-                for i, gen in zip(active, gens):
+                for i, (gen, read) in zip(active, rows.greedy(active, hp.step_tokens, STOP)):
                     lines = [ln.strip() for ln in gen.strip().splitlines() if ln.strip()]
-                    step: dict[str, Any] = {"generated": gen}
-                    traces[i]["steps"].append(step)
+                    traces[i]["steps"].append({"generated": gen})
                     final = next((ln for ln in lines if ln.startswith("Final answer:")), None)
                     if final is not None:
                         traces[i]["answer"] = final[len("Final answer:") :].strip()
                         continue
                     sub = next((ln for ln in reversed(lines) if ln.startswith("Subquestion:")), None)
-                    if sub is None or hop == hp.max_hops:
-                        traces[i]["stopped"] = "no subquestion" if sub is None else f"no final answer after {hp.max_hops} retrievals"
+                    why = ("no subquestion" if sub is None else
+                           f"the step ended without asking for a fact (within {hp.step_tokens} tokens)" if STOP[0] not in read else
+                           f"no final answer after {hp.max_hops} retrievals" if hop == hp.max_hops else None)
+                    if why:
+                        traces[i]["stopped"] = why
                         continue
                     subs.append(sub[len("Subquestion:") :].strip())
                     still.append(i)
-                    texts[i] += gen.rstrip(" ") + ("" if gen.endswith("\n") else "\n")
-                if still:
-                    for i, f in zip(still, self.nearest(subs)):
-                        fact = self._facts[f]
-                        traces[i]["steps"][-1]["retrieved"] = fact
-                        texts[i] += f"Retrieved fact: {fact}.\n"
+                facts = {i: self._facts[f] for i, f in zip(still, self.nearest(subs))} if still else {}
+                for i, fact in facts.items():  # the model wrote "Retrieved fact:"; the memory completes it
+                    traces[i]["steps"][-1]["retrieved"] = fact
+                rows.extend({i: f" {fact}.\n" for i, fact in facts.items()})
                 active = still
         finally:
             lm.context = before

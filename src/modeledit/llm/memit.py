@@ -171,7 +171,7 @@ class MEMIT(LLMMethod):
                 keys = reader.keys(layer)  # (n, inter)
                 now = reader.residuals(last)  # (n, hidden)
                 resid = (z - now) / (len(layers) - i)
-                R, A = memit_update(resid, keys, moments[layer], hp.lam(layout.intermediate_size))
+                R, A = self.layer_update(lm, layer, resid, keys, moments[layer])
                 name = layout.weight_name(layer)
                 W = lm.model.get_parameter(name)
                 d = Delta(left=A.float(), right=R.float()) if layout.mlp_out_transposed else Delta(left=R.float(), right=A.float())
@@ -181,7 +181,15 @@ class MEMIT(LLMMethod):
                 applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
                 log.info("MEMIT layer %d: mean residual norm %.3f", layer, float(resid.norm(dim=1).mean()))
             final = reader.residuals(last)
+            self.after_update(lm, reader, layers)
         return deltas, final
+
+    def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor):
+        """(R, A) with ΔW = R Aᵀ at ``layer``: MEMIT's least-squares update."""
+        return memit_update(resid, keys, C, self.hparams.lam(lm.layout.intermediate_size))
+
+    def after_update(self, lm: LanguageModel, reader: "_RangeReader", layers: Sequence[int]) -> None:
+        """Called with every layer's update applied; MEMIT keeps nothing (AlphaEdit remembers the keys)."""
 
 
 class _RangeReader:

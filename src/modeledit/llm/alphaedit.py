@@ -1,0 +1,124 @@
+"""AlphaEdit (Fang et al., ICLR 2025): MEMIT's update projected onto the null space of the preserved keys.
+
+MEMIT trades the new facts against the corpus's keys with λ·C in its solve; AlphaEdit instead removes
+from the update every direction the corpus's keys use, so that, to first order, no preserved key's value
+moves at all. At each layer of the range (MEMIT's targets, residuals and spreading, ``memit.py``):
+
+    P  = U₀U₀ᵀ, U₀ the eigenvectors of C = E[k kᵀ] whose eigenvalues are below ``nullspace_threshold``
+    ΔW = R Kᵀ P (P (K Kᵀ + K_p K_pᵀ) + λ I)⁻ᵀ        (solved in float64; λ = ``l2``)
+
+with K_p the keys of the edits made before (sequential editing: each batch is computed on the model holding
+the earlier ones, and must not undo them). The keys of each batch are read after its update, on the
+edited model, and remembered with the weights they produced: an edit computed on a model whose edited
+weights are exactly those that an AlphaEdit edit produced continues from its keys; on any other model
+(the unedited one, after a revert) it starts from none — so batches evaluated independently do not leak
+into each other. The memory lives in the model's in-memory cache (the last ``MEMORY`` states).
+
+Paper defaults (Llama3-8B): the null-space threshold 2e-2 on C's eigenvalues, λ = 10, and MEMIT's targets
+(clamp 0.75, KL 0.0625, weight decay 0.5). Layers as MEMIT's defaults here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from modeledit.errors import EditFailedError, RequestError
+from modeledit.llm.memit import MEMIT, MEMITHyperParams
+from modeledit.llm.model import LanguageModel
+from modeledit.patch import fingerprint
+
+MEMORY = 2  # remembered key states per model (each: one d×d float64 matrix per layer)
+
+
+@dataclass(frozen=True)
+class AlphaEditHyperParams(MEMITHyperParams):
+    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the null space (the paper's value)
+    l2: float = 10.0  # λ: the solve's ridge term (the paper's L2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("nullspace_threshold", "l2"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise RequestError(name, f"must be a positive finite number, got {v!r}")
+
+
+def null_space_projector(C: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
+    """(P, rank): the projector onto the span of C's eigenvectors with eigenvalues below ``threshold``."""
+    vals, vecs = torch.linalg.eigh(C.to(torch.float64))
+    small = vecs[:, vals < threshold]
+    return small @ small.T, small.shape[1]
+
+
+def alphaedit_update(resid: torch.Tensor, keys: torch.Tensor, P: torch.Tensor, preserved: torch.Tensor | None,
+                     l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, A) with ΔW = R Aᵀ of shape (out, in): A = (P(KKᵀ + K_pK_pᵀ) + λI)⁻¹ P K, R = residᵀ; float64.
+    ``preserved``: K_pK_pᵀ of the earlier edits (None: none)."""
+    K = keys.to(torch.float64).T  # (in, n)
+    KK = K @ K.T if preserved is None else K @ K.T + preserved.to(torch.float64)
+    M = P @ KK + l2 * torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
+    A = torch.linalg.solve(M, P @ K)
+    R = resid.to(torch.float64).T
+    if not (torch.isfinite(A).all() and torch.isfinite(R).all()):
+        raise EditFailedError("the AlphaEdit solve is not finite; collect the statistics over more tokens")
+    return R, A
+
+
+class AlphaEdit(MEMIT):
+    name = "alphaedit"
+    HyperParams = AlphaEditHyperParams
+
+    def edit_batch(self, lm: LanguageModel, requests, progress=None):
+        layers = self.layers(lm)
+        self._earlier = _memory(lm).get(_weights_key(lm, layers), {})  # the keys of the edits these weights hold
+        patch = super().edit_batch(lm, requests, progress)
+        info = patch.entries[0].info
+        info["null_space_rank"] = {layer: self._ranks[layer] for layer in layers}
+        info["earlier_edits_remembered"] = bool(self._earlier)
+        return patch
+
+    def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor):
+        P, rank = self.projector(lm, layer, C)
+        self._ranks = {**getattr(self, "_ranks", {}), layer: rank}
+        return alphaedit_update(resid, keys, P, self._earlier.get(layer), self.hparams.l2)
+
+    def projector(self, lm: LanguageModel, layer: int, C: torch.Tensor) -> tuple[torch.Tensor, int]:
+        memo = lm.memo.setdefault("alphaedit_projectors", {})
+        key = (layer, self.hparams.nullspace_threshold, self.hparams.stats, lm.identity)
+        if key not in memo:
+            P, rank = null_space_projector(C, self.hparams.nullspace_threshold)
+            if rank == 0:
+                raise RequestError("nullspace_threshold", f"no eigenvalue of layer {layer}'s key statistics is below "
+                                   f"{self.hparams.nullspace_threshold} (smallest {float(torch.linalg.eigvalsh(C.double())[0]):.3g}): "
+                                   "raise it (the null space is empty)")
+            memo[key] = (P, rank)
+        return memo[key]
+
+    def after_update(self, lm: LanguageModel, reader, layers: Sequence[int]) -> None:
+        """Remember the batch's keys (read on the edited model), with the earlier ones, under the weights
+        this edit produces."""
+        state = {}
+        for layer in layers:
+            K = reader.keys(layer).T  # (in, n), float64
+            before = self._earlier.get(layer)
+            state[layer] = K @ K.T if before is None else before + K @ K.T
+        memory = _memory(lm)
+        memory[_weights_key(lm, layers)] = state
+        while len(memory) > MEMORY:
+            memory.popitem(last=False)
+
+
+def _memory(lm: LanguageModel) -> "OrderedDict[str, dict[int, torch.Tensor]]":
+    return lm.memo.setdefault("alphaedit_keys", OrderedDict())
+
+
+def _weights_key(lm: LanguageModel, layers: Sequence[int]) -> str:
+    h = hashlib.sha256()
+    for layer in layers:
+        h.update(fingerprint(lm.model.get_parameter(lm.layout.weight_name(layer))).encode())
+    return h.hexdigest()[:32]
