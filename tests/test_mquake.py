@@ -73,6 +73,8 @@ def test_greedy_continuations_after_shared_text_equal_whole_rows(tiny_factory):
     assert got == _hf_generate(lm, [shared + r for r in rows], 10, False, 5, 0, ())
     stop = got[1][len(got[1]) // 2 :][:3]
     assert stop and lm.generate(rows, 10, prefix=shared, stop=(stop,))[1] == got[1].split(stop, 1)[0]
+    sampled = [lm.generate(rows, 10, prefix=shared, do_sample=True, seed=s) for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1] != sampled[2]  # seeded top-k sampling after the cached text
 
 
 class _ScriptedRows:

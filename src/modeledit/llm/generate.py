@@ -5,9 +5,10 @@ edit's context (chosen by the prompt alone). Greedy continuations after shared t
 key/value cache is computed once per distinct text (and kept while the weights do not change) and
 extended for the rows that share it, with each
 row's own tokens left-padded after it (a multi-hop question after 300 tokens of examples, or a MeLLo step
-after its 900-token prompt, costs its own tokens only). ``transformers.generate`` cannot take a cache of
-a shared prefix with pads after it, hence this loop. Sampling, and models with a sliding-window cache
-(which keeps only the window's last tokens), go through ``transformers.generate`` on whole rows.
+after its 900-token prompt, costs its own tokens only; scoring reads the same cached keys). Sampling
+(top-k) is seeded. ``transformers.generate`` cannot take a cache of a shared prefix with pads after it,
+hence this loop. Prompts without shared text, and models with a sliding-window cache (which keeps only
+the window's last tokens), go through ``transformers.generate`` on whole rows.
 """
 
 from __future__ import annotations
@@ -37,15 +38,18 @@ def generate(
     single = isinstance(prompts, str)
     asked = [prompts] if single else list(prompts)
     heads = [prefix] * len(asked)
-    if lm.context is not None:  # an in-context edit: each prompt read after its context
-        heads = [c + " " + prefix for c in lm.context.prefixes(asked)]
+    if lm.context is not None:  # an in-context edit: each prompt read after its context and a space
+        heads = [c + " " + prefix if prefix else c for c in lm.context.prefixes(asked)]
+        if not prefix:  # the context alone is the shared text, as in scoring (whose cached keys it reuses)
+            asked = [" " + p for p in asked]
     texts: list[str] = [""] * len(asked)
-    if do_sample or getattr(lm.config, "sliding_window", None) or not any(heads):
+    if getattr(lm.config, "sliding_window", None) or not any(heads):
         texts = _hf_generate(lm, [h + p for h, p in zip(heads, asked)], max_new_tokens, do_sample, top_k, seed, stop)
     else:
+        sampler = torch.Generator(device=lm.device).manual_seed(seed) if do_sample else None
         for head in dict.fromkeys(heads):
             rows = [i for i, h in enumerate(heads) if h == head]
-            for i, t in zip(rows, _greedy_after(lm, head, [asked[i] for i in rows], max_new_tokens, stop)):
+            for i, t in zip(rows, _after(lm, head, [asked[i] for i in rows], max_new_tokens, stop, top_k if do_sample else None, sampler)):
                 texts[i] = t
     texts = [cut(t, stop) for t in texts]
     return texts[0] if single else texts
@@ -82,17 +86,19 @@ def _hf_generate(lm: Any, batch: list[str], max_new_tokens: int, do_sample: bool
     return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def _greedy_after(lm: Any, head: str, prompts: list[str], max_new_tokens: int, stop: Sequence[str], batch_size: int = 16) -> list[str]:
-    """Greedy continuations of ``prompts``, each read after ``head`` (tokenized on its own, as scoring does)."""
+def _after(lm: Any, head: str, prompts: list[str], max_new_tokens: int, stop: Sequence[str], top_k: int | None = None,
+           sampler: torch.Generator | None = None, batch_size: int = 16) -> list[str]:
+    """Continuations of ``prompts``, each read after ``head`` (tokenized on its own, as scoring does):
+    greedy, or sampled from the ``top_k`` most likely tokens."""
     out: list[str] = []
     for b in range(0, len(prompts), batch_size):
         rows = Rows(lm, head, prompts[b : b + batch_size])
-        out += [text for text, _ in rows.greedy(range(len(rows.texts)), max_new_tokens, stop)]
+        out += [text for text, _ in rows.greedy(range(len(rows.texts)), max_new_tokens, stop, top_k, sampler)]
     return out
 
 
 @torch.no_grad()
-def _head_kv(lm: Any, head: str) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]:
+def head_kv(lm: Any, head: str) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]:
     """The tokens of ``head`` and their key/value cache, kept in the model's memo while its weights are
     unchanged (the parameters' version counters: applying or reverting an edit moves them), least
     recently used dropped beyond HEAD_CACHE_BYTES: examples and prompts recur in every case of a benchmark."""
@@ -124,7 +130,7 @@ class Rows:
     def __init__(self, lm: Any, head: str, texts: Sequence[str]):
         self.lm = lm
         self.texts = list(texts)  # what each row has read, after the head
-        head_ids, kv = _head_kv(lm, head)
+        head_ids, kv = head_kv(lm, head)
         n, dev = len(self.texts), lm.device
         self.cache = kv_cache(lm, [(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:])) for k, v in kv])
         self.mask = torch.ones(n, len(head_ids), dtype=torch.long, device=dev)
@@ -158,9 +164,11 @@ class Rows:
         self.last = logits if self.last is None else self.last.index_copy(0, rows, logits[rows])
         self.next_pos = self.next_pos + own.sum(1)
 
-    def greedy(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> list[tuple[str, str]]:
-        """Continue ``rows`` greedily; per row (the text cut before its first stop string, the text read —
-        up to and including the token that completed the stop string or the end)."""
+    def greedy(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str] = (), top_k: int | None = None,
+               sampler: torch.Generator | None = None) -> list[tuple[str, str]]:
+        """Continue ``rows`` greedily (``top_k``: sampled from the k most likely tokens, drawn with
+        ``sampler``); per row (the text cut before its first stop string, the text read — up to and
+        including the token that completed the stop string or the end)."""
         tok = self.lm.tokenizer
         rows = list(rows)
         new: dict[int, list[int]] = {i: [] for i in rows}
@@ -168,7 +176,12 @@ class Rows:
         for _ in range(max_new_tokens):
             if not moving:
                 break
-            nxt = self.last.argmax(-1).tolist()
+            if top_k:
+                best = self.last.float().topk(top_k, dim=-1)
+                pick = torch.multinomial(torch.softmax(best.values, -1), 1, generator=sampler)
+                nxt = best.indices.gather(1, pick)[:, 0].tolist()
+            else:
+                nxt = self.last.argmax(-1).tolist()
             fed: dict[int, list[int]] = {}
             for i in sorted(moving):
                 if nxt[i] == tok.eos_token_id:

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from modeledit.llm.model import LanguageModel
+from modeledit.llm.generate import head_kv
 from modeledit.llm.partial import kv_cache
 from modeledit.llm.tokens import encode_continuation, pad_right
 
@@ -61,8 +62,7 @@ def score_continuations(
             # a sliding-window cache keeps only the last window of the context: read each row whole
             scored = _score(lm, [(head + p, t) for p, t in enc], None, batch_size)
         else:
-            _, cache = lm.run(torch.tensor([head], device=lm.device), use_cache=True)
-            scored = _score(lm, enc, [(c.keys, c.values) for c in cache.layers], batch_size)
+            scored = _score(lm, enc, head_kv(lm, prefix)[1], batch_size)  # shared with generation after it
         for i, c in zip(idx, scored):
             out[i] = c
     return out  # type: ignore[return-value]
