@@ -63,18 +63,20 @@ def test_bad_mquake_input_is_refused(tmp_path, data):
     assert r.exit_code != 0 and "edits-per-batch" in r.output and "positive number of cases or 'all'" in r.output
 
 
-def test_greedy_continuations_after_shared_text_equal_whole_rows(tiny_factory):
+@pytest.mark.parametrize("family", ["llama", "gemma3"])  # gemma3: a sliding window of 8 tokens, shorter than the text
+def test_greedy_continuations_after_shared_text_equal_whole_rows(tiny_factory, family):
     """The shared text's cache, extended for rows of different lengths (left-padded after it), gives the
     same greedy continuations as reading each row whole."""
-    lm = tiny_factory("llama")
+    lm = tiny_factory(family)
     shared = "Q: Who is the spouse of Joe Biden? A: Jill Biden\nQ: What is the capital of France? A: Paris"
     rows = ["\nQ: Who wrote Faust? A:", "\nQ: In which country is the company that created the Nissan 200SX located? A:"]
     got = lm.generate(rows, 10, prefix=shared)
     assert got == _hf_generate(lm, [shared + r for r in rows], 10, False, 5, 0, ())
     stop = got[1][len(got[1]) // 2 :][:3]
     assert stop and lm.generate(rows, 10, prefix=shared, stop=(stop,))[1] == got[1].split(stop, 1)[0]
-    sampled = [lm.generate(rows, 10, prefix=shared, do_sample=True, seed=s) for s in (1, 1, 2)]
-    assert sampled[0] == sampled[1] != sampled[2]  # seeded top-k sampling after the cached text
+    if family == "llama":  # (the tiny gemma3's next-token distributions are too peaked for samples to differ)
+        sampled = [lm.generate(rows, 10, prefix=shared, do_sample=True, seed=s) for s in (1, 1, 2)]
+        assert sampled[0] == sampled[1] != sampled[2]  # seeded top-k sampling after the cached text
 
 
 class _ScriptedRows:
@@ -109,7 +111,7 @@ def test_mello_retrieves_by_subquestion_and_follows_the_retrieved_fact(tiny_fact
                   "Retrieved fact contradicts to generated answer, so the intermediate answer is: Canada\nFinal answer: Canada\n\nQuestion:"],
               "Who is Rishi Sunak?": ["I do not know.\n\nQuestion:"]}
     made = []
-    monkeypatch.setattr("modeledit.llm.generate.stepwise", lambda lm, head, texts: made.append(_ScriptedRows(script, texts)) or made[-1])
+    monkeypatch.setattr("modeledit.llm.generate.Rows", lambda lm, head, texts: made.append(_ScriptedRows(script, texts)) or made[-1])
     answers, traces = memory.answer_questions(lm, [q, "Who is Rishi Sunak?"])
     assert answers == ["Canada", ""]
     assert [s.get("retrieved") for s in traces[0]["steps"]] == ["Ivanka Trump is married to Rishi Sunak", "Rishi Sunak is a citizen of Canada", None]

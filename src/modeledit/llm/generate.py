@@ -7,8 +7,8 @@ extended for the rows that share it, with each
 row's own tokens left-padded after it (a multi-hop question after 300 tokens of examples, or a MeLLo step
 after its 900-token prompt, costs its own tokens only; scoring reads the same cached keys). Sampling
 (top-k) is seeded. ``transformers.generate`` cannot take a cache of a shared prefix with pads after it,
-hence this loop. Prompts without shared text, and models with a sliding-window cache (which keeps only
-the window's last tokens), go through ``transformers.generate`` on whole rows.
+hence this loop (a sliding-window model's cache keeps its window as transformers does: the same
+continuations, tested on Gemma-3). Prompts without shared text go through ``transformers.generate``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def generate(
         if not prefix:  # the context alone is the shared text, as in scoring (whose cached keys it reuses)
             asked = [" " + p for p in asked]
     texts: list[str] = [""] * len(asked)
-    if getattr(lm.config, "sliding_window", None) or not any(heads):
+    if not any(heads):
         texts = _hf_generate(lm, [h + p for h, p in zip(heads, asked)], max_new_tokens, do_sample, top_k, seed, stop)
     else:
         sampler = torch.Generator(device=lm.device).manual_seed(seed) if do_sample else None
@@ -114,12 +114,6 @@ def head_kv(lm: Any, head: str) -> tuple[list[int], list[tuple[torch.Tensor, tor
     while len(memo) > 1 and sum(size(v) for v in memo.values()) > HEAD_CACHE_BYTES:
         memo.popitem(last=False)
     return memo[key]
-
-
-def stepwise(lm: Any, head: str, texts: Sequence[str]) -> "Rows | TextRows":
-    """Rows continued step by step after ``head`` (MeLLo's loop): with their cache kept between steps,
-    or, on a sliding-window model, re-read whole at each step."""
-    return TextRows(lm, head, texts) if getattr(lm.config, "sliding_window", None) else Rows(lm, head, texts)
 
 
 class Rows:
@@ -195,28 +189,6 @@ class Rows:
         out = []
         for i in rows:
             read = tok.decode(new[i], skip_special_tokens=True)
-            self.texts[i] += read
-            out.append((cut(read, stop), read))
-        return out
-
-
-class TextRows:
-    """``Rows`` for models whose cache keeps only a window: each step re-reads the rows whole."""
-
-    def __init__(self, lm: Any, head: str, texts: Sequence[str]):
-        self.lm, self.head, self.texts = lm, head, list(texts)
-
-    def extend(self, texts: dict[int, str]) -> None:
-        for i, t in texts.items():
-            self.texts[i] += t
-
-    def greedy(self, rows: Sequence[int], max_new_tokens: int, stop: Sequence[str] = ()) -> list[tuple[str, str]]:
-        rows = list(rows)
-        reads = _hf_generate(self.lm, [self.head + self.texts[i] for i in rows], max_new_tokens, False, 5, 0, stop)
-        out = []
-        for i, read in zip(rows, reads):
-            ends = [read.index(s) + len(s) for s in stop if s in read]
-            read = read[: min(ends)] if ends else read
             self.texts[i] += read
             out.append((cut(read, stop), read))
         return out

@@ -33,7 +33,7 @@ STOP = ("Retrieved fact:", "\n\nQuestion:")
 @dataclass(frozen=True)
 class MeLLoHyperParams:
     max_hops: int = 4  # retrievals per question (the paper's loop bound)
-    step_tokens: int = 64  # new tokens per step (a subquestion and its tentative answer)
+    step_tokens: int = 128  # new tokens per step (a subquestion and its tentative answer; long questions need ~100)
     prompt: str | None = None  # MeLLo-prompt.txt; None: mquake-prompts/ in $MODELEDIT_DATA or ../shared/data
 
     def __post_init__(self) -> None:
@@ -72,14 +72,14 @@ class MemoryEdit(ContextEdit):
     kind = "memory"
 
     def answer_questions(self, lm: Any, questions: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
-        from modeledit.llm.generate import stepwise
+        from modeledit.llm.generate import Rows
 
         entry = self.entries[0]
         hp = MeLLoHyperParams(**entry.hparams)
         traces: list[dict[str, Any]] = [{"question": q, "steps": [], "answer": ""} for q in questions]
         before, lm.context = lm.context, None  # the loop reads the prompt, not the memory's prefixes
         try:
-            rows = stepwise(lm, entry.info["prompt"], [f"\n\nQuestion: {q}\n" for q in questions])
+            rows = Rows(lm, entry.info["prompt"], [f"\n\nQuestion: {q}\n" for q in questions])
             active = list(range(len(questions)))
             for hop in range(hp.max_hops + 1):
                 if not active:
