@@ -55,6 +55,9 @@ def evaluate(
     gen_tokens: int = 0,
     compare: str = "mean",
     cot: bool = False,
+    sequential: bool = False,
+    checkpoints: Sequence[int] = (),
+    known: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
     **hparams: Any,
@@ -64,7 +67,12 @@ def evaluate(
     in ``out_dir/cases.jsonl``). ``benchmark``: "counterfact" (``gen_tokens``, ``compare``: "mean" or
     "sum" of the answers' token log-probabilities), "zsre" or "mquake" (``cot``: chain-of-thought
     prompting of the multi-hop questions). ``batch_size="all"``: every case in one batch (MQuAKE's
-    edits per batch = all)."""
+    edits per batch = all).
+
+    ``sequential=True``: the batches are edited one after another, each on the model holding the earlier
+    ones, and every case edited so far is scored at each of ``checkpoints`` (numbers of edits; the last
+    always), with held-out perplexity and the share of ``known`` facts (ROME's known_1000 format; default:
+    known_1000.json in the data directory when there) still answered; returns ``sequential.json``'s content."""
     from modeledit.evaluation import run_evaluation
     from modeledit.llm.bench import get_benchmark
 
@@ -72,7 +80,23 @@ def evaluate(
     m = get_method(method, **hparams) if isinstance(method, str) else method
     cases = bench.load(data, limit)
     size = len(cases) if batch_size == "all" else batch_size
+    if sequential:
+        from modeledit.llm.ability import default_ability
+        from modeledit.sequential import run_sequential
+
+        return run_sequential(lm, m, bench, cases, out_dir, batch_size=size, checkpoints=checkpoints,
+                              ability=default_ability(known if known is not None else _known_default()), progress=progress)
     return run_evaluation(lm, m, bench, cases, out_dir, batch_size=size, progress=progress, prepare_progress=prepare_progress)
+
+
+def _known_default() -> Path | None:
+    from modeledit.datafiles import find_data
+    from modeledit.errors import DataError
+
+    try:
+        return find_data("known_1000.json", "known facts", "")
+    except DataError:
+        return None
 
 
 def trace(

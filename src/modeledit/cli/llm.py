@@ -45,6 +45,9 @@ CORPUS_HELP = "Text files for the key statistics, or dataset:NAME (default: the 
 SET_HELP = "Any hyper-parameter of the method, as name=value (repeat), e.g. --set lr=0.1 --set layers=8,9,10."
 METHOD_HELP = "Editing method: rome, memit, ft-l, ft-m, lora, ike, mello."
 STATS_BAR = "key statistics (once per model and layer)"
+SEQ_HELP = "Edit the batches one after another, each on the model holding the earlier ones (resumable, even after kill -9)."
+CP_HELP = "--sequential: numbers of edits at which every case so far is scored, e.g. 10,100,500,1000 (the last always)."
+KNOWN_HELP = "--sequential: known facts (known_1000 format) whose retention is measured (default: known_1000.json of the data directory)."
 
 
 def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int = 10) -> None:
@@ -194,6 +197,9 @@ def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit,
         with _bar(STATS_BAR, "tokens") as sbar, _bar("cases", "") as bar:
             summary = evaluate(lm, data, out, method=m, benchmark=benchmark, limit=limit, batch_size=batch_size, progress=bar,
                                prepare_progress=sbar, **options)
+        if options.get("sequential"):
+            _print_sequential(summary, out)
+            return
         table = Table(title=f"{benchmark}, {summary['n']} cases, {summary['method']} on {summary['model']}, "
                             f"batch size {summary['batch_size']} (×100)")
         table.add_column("metric")
@@ -211,6 +217,27 @@ def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit,
         console.print(f"written: {out / 'cases.jsonl'}, {out / 'summary.json'}")
 
 
+def _print_sequential(result: dict, out: Path) -> None:
+    recs = result["checkpoints"]
+    from modeledit.compare import CHART, COLUMNS
+
+    keys = [k for k in CHART[result["run"]["benchmark"]] if k in recs[0]["post"]]
+    titles = dict(COLUMNS[result["run"]["benchmark"]])
+    table = Table(title=f"{result['run']['benchmark']}, {result['run']['method']} on {result['run']['model']}, edited in a row, "
+                        f"batches of {result['run']['batch_size']} (×100; first row: unedited)")
+    for col in ["edits", *[titles[k] for k in keys], "perplexity", "known facts kept"]:
+        table.add_column(col, justify="right")
+    a0 = recs[0].get("ability_unedited", {})
+    fmt = lambda v, f="{:.1f}": "—" if v is None else f.format(v)  # noqa: E731
+    table.add_row("0", *[fmt(recs[0]["pre"][k]) for k in keys], fmt(a0.get("perplexity"), "{:.2f}"),
+                  "—" if a0.get("known_count") is None else f"{a0['known_count']} known")
+    for r in recs:
+        a = r.get("ability", {})
+        table.add_row(str(r["edits"]), *[fmt(r["post"][k]) for k in keys], fmt(a.get("perplexity"), "{:.2f}"), fmt(a.get("known_retained"), "{:.0%}"))
+    console.print(table)
+    console.print(f"written: {out / 'sequential.json'}, {out / 'sequential.png'}, the chain of patches in {out / 'chain'}")
+
+
 @eval_app.command("counterfact")
 def eval_counterfact(
     data: Path = typer.Option(..., help="CounterFact JSON (short form, e.g. ../shared/data/counterfact-val.json, or the original form)."),
@@ -225,10 +252,14 @@ def eval_counterfact(
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
     gen_tokens: int = typer.Option(0, help="Tokens per free generation for the generation entropy GE (default 0: GE skipped, it costs more than the scoring; the ROME paper uses 40 with --gen-tokens 40)."),
     compare: str = typer.Option("mean", help="Compare answers by their 'mean' token log-probability (the papers') or 'sum'."),
+    sequential: bool = typer.Option(False, "--sequential", help=SEQ_HELP),
+    checkpoints: str = typer.Option("", help=CP_HELP),
+    known: Optional[Path] = typer.Option(None, help=KNOWN_HELP),
 ) -> None:
-    """Edit the cases N at a time, each batch from the unedited model, and score them (ES, PS, NS, S, GE), pre and post."""
+    """Edit the cases N at a time, each batch from the unedited model (or, --sequential, one after another),
+    and score them (ES, PS, NS, S, GE), pre and post."""
     _eval("counterfact", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings,
-          gen_tokens=gen_tokens, compare=compare)
+          gen_tokens=gen_tokens, compare=compare, **_seq(sequential, checkpoints, known))
 
 
 @eval_app.command("zsre")
@@ -243,9 +274,25 @@ def eval_zsre(
     stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
     corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    sequential: bool = typer.Option(False, "--sequential", help=SEQ_HELP),
+    checkpoints: str = typer.Option("", help=CP_HELP),
+    known: Optional[Path] = typer.Option(None, help=KNOWN_HELP),
 ) -> None:
     """Edit the cases N at a time and score efficacy, paraphrase (top-1 token accuracy) and specificity."""
-    _eval("zsre", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings)
+    _eval("zsre", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings, **_seq(sequential, checkpoints, known))
+
+
+
+def _seq(sequential: bool, checkpoints: str, known: Optional[Path]) -> dict:
+    if not sequential:
+        if checkpoints or known:
+            raise typer.BadParameter("--checkpoints and --known go with --sequential", param_hint="--checkpoints")
+        return {}
+    try:
+        cps = [int(x) for x in checkpoints.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{checkpoints!r}: give numbers of edits separated by commas, e.g. 10,100,1000", param_hint="--checkpoints") from None
+    return {"sequential": True, "checkpoints": cps, "known": known}
 
 
 @eval_app.command("mquake")

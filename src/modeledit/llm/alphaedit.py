@@ -12,7 +12,8 @@ the earlier ones, and must not undo them). The keys of each batch are read after
 edited model, and remembered with the weights they produced: an edit computed on a model whose edited
 weights are exactly those that an AlphaEdit edit produced continues from its keys; on any other model
 (the unedited one, after a revert) it starts from none — so batches evaluated independently do not leak
-into each other. The memory lives in the model's in-memory cache (the last ``MEMORY`` states).
+into each other. Each batch's keys are saved in the cache directory (``alphaedit/<model>/<weights>``, with
+a link to the state before), so a sequential run resumed in a new process continues from them.
 
 Paper defaults (Llama3-8B): the null-space threshold 2e-2 on C's eigenvalues, λ = 10, and MEMIT's targets
 (clamp 0.75, KL 0.0625, weight decay 0.5). Layers as MEMIT's defaults here.
@@ -26,13 +27,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.memit import MEMIT, MEMITHyperParams
-from modeledit.llm.model import LanguageModel
+from modeledit.llm.model import LanguageModel, cache_dir
 from modeledit.patch import fingerprint
 
-MEMORY = 2  # remembered key states per model (each: one d×d float64 matrix per layer)
+MEMORY = 2  # key states kept in memory per model (each: one d×d float64 matrix per layer); all are on disk
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class AlphaEdit(MEMIT):
 
     def edit_batch(self, lm: LanguageModel, requests, progress=None):
         layers = self.layers(lm)
-        self._earlier = _memory(lm).get(_weights_key(lm, layers), {})  # the keys of the edits these weights hold
+        self._parent = _weights_key(lm, layers)
+        self._earlier = remembered(lm, self._parent)  # the keys of the AlphaEdit edits these weights hold
         patch = super().edit_batch(lm, requests, progress)
         info = patch.entries[0].info
         info["null_space_rank"] = {layer: self._ranks[layer] for layer in layers}
@@ -100,21 +104,45 @@ class AlphaEdit(MEMIT):
         return memo[key]
 
     def after_update(self, lm: LanguageModel, reader, layers: Sequence[int]) -> None:
-        """Remember the batch's keys (read on the edited model), with the earlier ones, under the weights
-        this edit produces."""
-        state = {}
-        for layer in layers:
-            K = reader.keys(layer).T  # (in, n), float64
-            before = self._earlier.get(layer)
-            state[layer] = K @ K.T if before is None else before + K @ K.T
-        memory = _memory(lm)
-        memory[_weights_key(lm, layers)] = state
-        while len(memory) > MEMORY:
-            memory.popitem(last=False)
+        """Remember the batch's keys (read on the edited model) under the weights this edit produces, on
+        disk beside the statistics, with a link to the state it started from (so a resumed run finds it)."""
+        keys = {layer: reader.keys(layer).T.contiguous() for layer in layers}  # (in, n) float64
+        key = _weights_key(lm, layers)
+        f = _store(lm) / f"{key}.safetensors"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f.name + ".tmp")
+        save_file({str(layer): k.cpu() for layer, k in keys.items()}, str(tmp), metadata={"parent": self._parent})
+        tmp.replace(f)
+        state = {layer: (K @ K.T if self._earlier.get(layer) is None else self._earlier[layer] + K @ K.T) for layer, K in keys.items()}
+        _remember(lm, key, state)
 
 
-def _memory(lm: LanguageModel) -> "OrderedDict[str, dict[int, torch.Tensor]]":
-    return lm.memo.setdefault("alphaedit_keys", OrderedDict())
+def _store(lm: LanguageModel) -> Path:
+    return cache_dir() / "alphaedit" / lm.identity
+
+
+def _remember(lm: LanguageModel, key: str, state: dict[int, torch.Tensor]) -> None:
+    memo = lm.memo.setdefault("alphaedit_keys", OrderedDict())
+    memo[key] = state
+    while len(memo) > MEMORY:
+        memo.popitem(last=False)
+
+
+def remembered(lm: LanguageModel, key: str) -> dict[int, torch.Tensor]:
+    """K_pK_pᵀ per layer of the AlphaEdit edits that produced the weights ``key`` names ({} if none did)."""
+    memo = lm.memo.setdefault("alphaedit_keys", OrderedDict())
+    if key in memo:
+        return memo[key]
+    f = _store(lm) / f"{key}.safetensors"
+    if not key or not f.exists():
+        return {}
+    with safe_open(str(f), framework="pt") as g:
+        parent = (g.metadata() or {}).get("parent", "")
+        keys = {int(name): g.get_tensor(name).to(lm.device) for name in g.keys()}
+    before = remembered(lm, parent)
+    state = {layer: (K @ K.T if before.get(layer) is None else before[layer] + K @ K.T) for layer, K in keys.items()}
+    _remember(lm, key, state)
+    return state
 
 
 def _weights_key(lm: LanguageModel, layers: Sequence[int]) -> str:

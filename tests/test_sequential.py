@@ -1,0 +1,64 @@
+"""Editing in a row: the chain of batch edits, checkpoints, and a run killed (-9) that resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modeledit import ModelEditError, RequestError
+from modeledit.sequential import check_plan
+
+from seq_child import run
+
+CHILD = Path(__file__).with_name("seq_child.py")
+
+
+def test_bad_plans_are_refused():
+    assert check_plan(10, 2, [4, 8]) == [4, 8, 10]
+    for size, cps, what in [(0, [], "batch-size"), (11, [], "batch-size"), (2, [8, 4], "checkpoints"), (2, [4, 12], "checkpoints")]:
+        with pytest.raises(RequestError, match=what):
+            check_plan(10, size, cps)
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_an_edit(data, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
+    tok = tokenizer.name_or_path
+    whole = run(str(tmp_path / "whole"), str(data / "counterfact-val.json"), tok)
+    assert [r["edits"] for r in whole["checkpoints"]] == [2, 4, 6]
+    assert sorted(p.name for p in (tmp_path / "whole" / "chain").iterdir()) == ["00000.safetensors", "00001.safetensors", "00002.safetensors"]
+    first = whole["checkpoints"][0]
+    assert first["post"]["efficacy_magnitude"] > first["pre"]["efficacy_magnitude"]
+    assert first["ability"]["perplexity"] != first["ability_unedited"]["perplexity"]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "MODELEDIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, str(CHILD), str(out), str(data / "counterfact-val.json"), tok, "3"], env=env)
+    deadline = time.time() + 300
+    while not (out / "chain" / "00000.safetensors").exists() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.2)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    made = (out / "chain" / "00000.safetensors").stat().st_mtime_ns
+    assert not (out / "chain" / "00002.safetensors").exists(), "the run was to be killed before its last batch"
+    again = run(str(out), str(data / "counterfact-val.json"), tok)
+    assert (out / "chain" / "00000.safetensors").stat().st_mtime_ns == made, "a saved batch must not be edited again"
+    assert [r["edits"] for r in again["checkpoints"]] == [2, 4, 6]
+    for a, b in zip(whole["checkpoints"], again["checkpoints"]):
+        assert a["post"] == b["post"] and a["ability"] == b["ability"]
+    lines = (out / "checkpoints.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["edits"] for x in lines) == [2, 4, 6]
+
+
+def test_a_run_with_other_settings_is_refused(data, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    (out).mkdir()
+    (out / "run.json").write_text(json.dumps({"protocol": "sequential", "batch_size": 5}))
+    with pytest.raises(ModelEditError, match="another configuration"):
+        run(str(out), str(data / "counterfact-val.json"), tokenizer.name_or_path)
+    assert json.loads((out / "run.json").read_text())["batch_size"] == 5
