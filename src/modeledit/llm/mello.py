@@ -87,7 +87,7 @@ class MemoryEdit(ContextEdit):
                 subs, still = [], []
                 for i, (gen, read) in zip(active, rows.greedy(active, hp.step_tokens, STOP)):
                     lines = [ln.strip() for ln in gen.strip().splitlines() if ln.strip()]
-                    traces[i]["steps"].append({"generated": gen})
+                    traces[i]["steps"].append({"generated": gen, "ended_with": read[len(gen):]})  # the stop string read, if any
                     final = next((ln for ln in lines if ln.startswith("Final answer:")), None)
                     if final is not None:
                         traces[i]["answer"] = final[len("Final answer:") :].strip()

@@ -1,0 +1,73 @@
+"""A thousand edits in a row on the packaged SmolLM2-135M: AlphaEdit against MEMIT and ROME.
+
+The first N cases of counterfact-train.json (default 1,000), batches of B (default 100), each batch edited
+on the model holding every earlier one (``modeledit eval counterfact --sequential``); at each checkpoint
+every case edited so far is scored, with held-out perplexity and the known facts retained. Prints each
+method's table and the time per batch, checks AlphaEdit's targets after all the edits, and draws the
+curves of all methods in one plot. Resumable (even after kill -9): rerun the same command.
+
+    python benchmarks/sequential_smollm2.py [--cases 1000] [--batch 100] [--methods alphaedit,memit,rome]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import modeledit as me
+from modeledit.report import write_json
+from modeledit.sequential import plot_sequential
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--methods", default="alphaedit,memit,rome")
+    ap.add_argument("--checkpoints", default="100,200,500,1000")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default="runs/sequential-smollm2")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    data = Path(args.data or os.environ.get("MODELEDIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (data / "counterfact-train.json").is_file():
+        raise SystemExit(f"counterfact-train.json not found in {data}: pass --data DIR or set MODELEDIT_DATA")
+    lm = me.load_model("smollm2-135m")
+    cps = [int(c) for c in args.checkpoints.split(",") if int(c) <= args.cases]
+    runs, report = [], {}
+    for name in args.methods.split(","):
+        t = time.perf_counter()
+        result = me.evaluate(lm, data / "counterfact-train.json", Path(args.out) / name, method=name, limit=args.cases,
+                             batch_size=args.batch, sequential=True, checkpoints=cps, known=data / "known_1000.json")
+        recs = result["checkpoints"]
+        runs.append((name, recs))
+        print(f"\n{name}: edits, ES, PS, NS (unedited {recs[0]['pre']['neighborhood_score']:.1f}), perplexity, known facts kept, last batch s")
+        for r in recs:
+            a = r.get("ability", {})
+            print(f"  {r['edits']:5d}  {r['post']['efficacy_score']:5.1f}  {r['post']['paraphrase_score']:5.1f}  "
+                  f"{r['post']['neighborhood_score']:5.1f}  {a.get('perplexity', float('nan')):7.2f}  {a.get('known_retained') or 0:6.1%}  "
+                  f"{r['last_batch_seconds'] or float('nan'):6.0f}")
+        report[name] = {"checkpoints": recs, "wall_seconds": time.perf_counter() - t}
+    plot_sequential(runs, Path(args.out) / "sequential.png", f"counterfact-train, {lm.name}, batches of {args.batch}")
+    if "alphaedit" in report:
+        last = report["alphaedit"]["checkpoints"][-1]
+        a, a0 = last.get("ability", {}), last.get("ability_unedited", {})
+        checks = {
+            "ES >= 90": last["post"]["efficacy_score"] >= 90,
+            "PS >= 70": last["post"]["paraphrase_score"] >= 70,
+            "NS drop <= 10": last["pre"]["neighborhood_score"] - last["post"]["neighborhood_score"] <= 10,
+            "known facts kept >= 90%": (a.get("known_retained") or 0) >= 0.9,
+            "perplexity up <= 10%": a.get("perplexity", float("inf")) <= 1.1 * a0.get("perplexity", 0),
+            "whole run <= 60 min": report["alphaedit"]["wall_seconds"] <= 3600,
+        }
+        for k, v in checks.items():
+            print(f"  [{'ok' if v else 'MISSED'}] AlphaEdit after {last['edits']} edits: {k}")
+        report["checks"] = checks
+    write_json(Path(args.out) / "bench.json", report)
+
+
+if __name__ == "__main__":
+    main()
