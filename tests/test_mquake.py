@@ -106,9 +106,9 @@ def test_mello_retrieves_by_subquestion_and_follows_the_retrieved_fact(tiny_fact
     memory = edit(lm, facts, method="mello", prompt=mello_prompt(tmp_path / "mello.txt"), max_hops=3)
     q = "What is the country of citizenship of Ivanka Trump's spouse?"
     script = {q: ["Subquestion: Who is Ivanka Trump's spouse?\nGenerated answer: Ivanka Trump's spouse is Jared Kushner.\nRetrieved fact:",
-                  "Retrieved fact contradicts to generated answer, so the intermediate answer is: Rishi Sunak\n"
+                  "\nRetrieved fact contradicts to generated answer, so the intermediate answer is: Rishi Sunak\n"
                   "Subquestion: What is the country of citizenship of Rishi Sunak?\nGenerated answer: Rishi Sunak is a citizen of UK.\nRetrieved fact:",
-                  "Retrieved fact contradicts to generated answer, so the intermediate answer is: Canada\nFinal answer: Canada\n\nQuestion:"],
+                  "\nRetrieved fact contradicts to generated answer, so the intermediate answer is: Canada\nFinal answer: Canada\n\nQuestion:"],
               "Who is Rishi Sunak?": ["I do not know.\n\nQuestion:"]}
     made = []
     monkeypatch.setattr("modeledit.llm.generate.Rows", lambda lm, head, texts: made.append(_ScriptedRows(script, texts)) or made[-1])
@@ -116,7 +116,7 @@ def test_mello_retrieves_by_subquestion_and_follows_the_retrieved_fact(tiny_fact
     assert answers == ["Canada", ""]
     assert [s.get("retrieved") for s in traces[0]["steps"]] == ["Ivanka Trump is married to Rishi Sunak", "Rishi Sunak is a citizen of Canada", None]
     assert traces[1]["stopped"] == "no subquestion"
-    assert made[0].texts[0].startswith("\n\nQuestion: " + q + "\n" + script[q][0] + " Ivanka Trump is married to Rishi Sunak.\nRetrieved fact contradicts")
+    assert made[0].texts[0].startswith("\n\nQuestion: " + q + "\n" + script[q][0] + " Ivanka Trump is married to Rishi Sunak.\nRetrieved fact contradicts")  # the fact, then the model's line
     # bounded: a model that never concludes stops after max_hops retrievals
     script[q] = ["Subquestion: Who is Ivanka Trump's spouse?\nGenerated answer: Jared Kushner.\nRetrieved fact:"] * 5
     answers, traces = memory.answer_questions(lm, [q])

@@ -104,7 +104,7 @@ class MemoryEdit(ContextEdit):
                 facts = {i: self._facts[f] for i, f in zip(still, self.nearest(subs))} if still else {}
                 for i, fact in facts.items():  # the model wrote "Retrieved fact:"; the memory completes it
                     traces[i]["steps"][-1]["retrieved"] = fact
-                rows.extend({i: f" {fact}.\n" for i, fact in facts.items()})
+                rows.extend({i: f" {fact}." for i, fact in facts.items()})  # as the paper: the model writes the newline
                 active = still
         finally:
             lm.context = before
