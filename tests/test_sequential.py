@@ -62,3 +62,24 @@ def test_a_run_with_other_settings_is_refused(data, tokenizer, tmp_path, monkeyp
     with pytest.raises(ModelEditError, match="another configuration"):
         run(str(out), str(data / "counterfact-val.json"), tokenizer.name_or_path)
     assert json.loads((out / "run.json").read_text())["batch_size"] == 5
+
+
+def test_compare_sequential_draws_the_methods_in_one_plot(data, tokenizer, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import _configs
+    from modeledit.compare import compare_sequential
+    from modeledit.llm.ability import Ability
+    from modeledit.llm.model import LanguageModel
+
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    lm = LanguageModel(AutoModelForCausalLM.from_config(_configs(len(tokenizer))["llama"], dtype=torch.float32), tokenizer, "tiny-llama")
+    quick = dict(layers=(1, 2), stats_tokens=3000, context_spec=((5, 2),), steps=8)
+    result = compare_sequential(lm, ["memit", "alphaedit"], data / "counterfact-val.json", tmp_path / "cmp", limit=4, batch_size=2,
+                                ability=Ability(["A short text to read."]),
+                                settings={"memit": quick, "alphaedit": {**quick, "nullspace_threshold": 10.0}})
+    assert [[r["edits"] for r in recs] for recs in result["runs"].values()] == [[4], [4]]
+    assert (tmp_path / "cmp" / "sequential.png").stat().st_size > 10_000
+    assert (tmp_path / "cmp" / "memit" / "chain" / "00001.safetensors").exists()

@@ -104,6 +104,44 @@ def compare_runs(
     return result
 
 
+def compare_sequential(
+    lm: Any,
+    methods: Sequence[str],
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    benchmark: str = "counterfact",
+    limit: int | None = None,
+    batch_size: int = 1,
+    checkpoints: Sequence[int] = (),
+    ability: Any = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Several methods edited in a row on the same cases (``sequential.py``), each in ``out_dir/<method>/``
+    (resumable), and their curves in one plot, ``out_dir/sequential.png``."""
+    from modeledit.llm.bench import get_benchmark
+    from modeledit.methods import get_method
+    from modeledit.sequential import plot_sequential, run_sequential
+
+    names = [parse_spec(m, batch_size)[0] for m in methods]
+    if not names or len(set(names)) != len(names):
+        raise RequestError("methods", f"name each method once, e.g. alphaedit,memit,rome (got {', '.join(methods)})")
+    chosen = {n: get_method(n, **(settings or {}).get(n, {})) for n in names}
+    bench = get_benchmark(benchmark)
+    cases = bench.load(data, limit)
+    out = Path(out_dir)
+    runs = {}
+    for n in names:
+        log.info("sequential comparison: %s", n)
+        runs[n] = run_sequential(lm, chosen[n], bench, cases, out / n, batch_size=batch_size, checkpoints=checkpoints, ability=ability,
+                                 progress=(lambda d, t, _n=n: progress(_n, d, t)) if progress else None)["checkpoints"]
+    plot_sequential(list(runs.items()), out / "sequential.png", f"{benchmark}, {lm.name}, edited in a row, batches of {batch_size}")
+    result = {"benchmark": benchmark, "model": lm.name, "data": str(data), "batch_size": batch_size, "runs": runs}
+    write_json(out / "sequential.json", result)
+    return result
+
+
 def comparison(runs: Sequence[tuple[str, dict[str, Any]]], benchmark: str, model: str, data: str) -> dict[str, Any]:
     """The rows of the table: the unedited model, then each run."""
     cols = [k for k, _ in COLUMNS[benchmark]]

@@ -332,8 +332,11 @@ def compare_cmd(
     settings: list[str] = typer.Option([], "--set", help="A method's hyper-parameter as METHOD.name=value (repeat), e.g. --set memit.layers=6,7,8."),
     gen_tokens: int = typer.Option(0, help="CounterFact: tokens per free generation for GE (default 0: skipped; 40 as in the ROME paper)."),
     cot: bool = typer.Option(False, "--cot", help="MQuAKE: chain-of-thought prompting of the multi-hop questions."),
+    sequential: bool = typer.Option(False, "--sequential", help="Each method edits the batches in a row; their curves in one plot."),
+    checkpoints: str = typer.Option("", help=CP_HELP),
+    known: Optional[Path] = typer.Option(None, help=KNOWN_HELP),
 ) -> None:
-    """Run several methods on the same cases and write the comparison table and chart."""
+    """Run several methods on the same cases and write the comparison table and chart (--sequential: the curves)."""
     from modeledit.api import compare
     from modeledit.errors import RequestError
     from modeledit.llm.method import parse_settings
@@ -359,6 +362,17 @@ def compare_cmd(
                     bars[(kind, label)](done, total)
                 return update
 
+            seq = _seq(sequential, checkpoints, known)
+            if seq:
+                from modeledit.api import _known_default
+                from modeledit.compare import compare_sequential
+                from modeledit.llm.ability import default_ability
+
+                known_file = seq["known"] if seq["known"] is not None else _known_default()
+                compare_sequential(lm, names, data, out, benchmark=benchmark, limit=limit, batch_size=batch_size,
+                                   checkpoints=seq["checkpoints"], ability=default_ability(known_file), settings=hparams, progress=bar("edits"))
+                console.print(f"written: {out / 'sequential.json'}, {out / 'sequential.png'} (each method's run in {out}/METHOD/)")
+                return
             compare(lm, names, data, out, benchmark=benchmark, limit=limit, batch_size=batch_size, gen_tokens=gen_tokens, cot=cot,
                     settings=hparams, progress=bar("cases"), prepare_progress=bar(STATS_BAR))
         console.print((out / "comparison.md").read_text())
