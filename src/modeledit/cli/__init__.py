@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from modeledit.cli.common import app
-from modeledit.cli import llm, trace, patch, classifier, diffusion  # noqa: F401,E402  (registers the commands)
+from modeledit.cli import llm, bench, trace, patch, classifier, diffusion  # noqa: F401,E402  (registers the commands)
 
 __all__ = ["app", "main"]
 
