@@ -25,14 +25,8 @@ from pathlib import Path
 import torch
 
 import modeledit as me
+from modeledit.datafiles import data_dir
 from modeledit.report import write_json
-
-
-def data_dir(arg: str | None) -> Path:
-    d = Path(arg or os.environ.get("MODELEDIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not d.is_dir():
-        raise SystemExit(f"benchmark data not found at {d}: pass --data DIR or set MODELEDIT_DATA")
-    return d
 
 
 def part_compare(lm, data: Path, out: Path, cases: int, methods: str) -> dict:
@@ -107,7 +101,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-methods")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    data, out = data_dir(args.data), Path(args.out)
+    data, out = data_dir(args.data, "counterfact-val.json"), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = me.load_model("smollm2-135m", device="cpu")
     machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"

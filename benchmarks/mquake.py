@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
 import modeledit as me
+from modeledit.datafiles import data_dir
 from modeledit.report import write_json
 
 METHODS = "mello@all,ike@all,memit@all,rome@all,mello,ike,memit,rome"
@@ -34,9 +34,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: runs/mquake-<model>")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    data = Path(args.data or os.environ.get("MODELEDIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not (data / "mquake-hard.json").is_file():
-        raise SystemExit(f"mquake-hard.json not found in {data}: pass --data DIR or set MODELEDIT_DATA")
+    data = data_dir(args.data, "mquake-hard.json")
     out = Path(args.out or f"runs/mquake-{args.model}")
     lm = me.load_model(args.model)
     t = time.perf_counter()

@@ -1,23 +1,24 @@
-"""A thousand edits in a row on the packaged SmolLM2-135M: AlphaEdit against MEMIT and ROME.
+"""A thousand edits in a row on the packaged SmolLM2-135M: AlphaEdit and GRACE against MEMIT and ROME.
 
 The first N cases of counterfact-train.json (default 1,000), batches of B (default 100), each batch edited
 on the model holding every earlier one (``modeledit eval counterfact --sequential``); at each checkpoint
 every case edited so far is scored, with held-out perplexity and the known facts retained. Prints each
-method's table and the time per batch, checks AlphaEdit's targets after all the edits, and draws the
-curves of all methods in one plot. Resumable (even after kill -9): rerun the same command.
+method's table and the time per batch, checks AlphaEdit's targets and GRACE's neighbourhood after all the
+edits, and draws the curves of all methods in one plot. Resumable (even after kill -9): rerun the same
+command.
 
-    python benchmarks/sequential_smollm2.py [--cases 1000] [--batch 100] [--methods alphaedit,memit,rome]
+    python benchmarks/sequential_smollm2.py [--cases 1000] [--batch 100] [--methods alphaedit,grace,memit,rome]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
 import modeledit as me
+from modeledit.datafiles import data_dir
 from modeledit.report import write_json
 from modeledit.sequential import plot_sequential
 
@@ -26,15 +27,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--methods", default="alphaedit,memit,rome")
+    ap.add_argument("--methods", default="alphaedit,grace,memit,rome")
     ap.add_argument("--checkpoints", default="100,200,500,1000")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="runs/sequential-smollm2")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    data = Path(args.data or os.environ.get("MODELEDIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not (data / "counterfact-train.json").is_file():
-        raise SystemExit(f"counterfact-train.json not found in {data}: pass --data DIR or set MODELEDIT_DATA")
+    data = data_dir(args.data, "counterfact-train.json")
     lm = me.load_model("smollm2-135m")
     cps = [int(c) for c in args.checkpoints.split(",") if int(c) <= args.cases]
     runs, report = [], {}
@@ -44,12 +43,14 @@ def main() -> None:
                              batch_size=args.batch, sequential=True, checkpoints=cps, known=data / "known_1000.json")
         recs = result["checkpoints"]
         runs.append((name, recs))
-        print(f"\n{name}: edits, ES, PS, NS (unedited {recs[0]['pre']['neighborhood_score']:.1f}), perplexity, known facts kept, last batch s")
+        print(f"\n{name}: edits, ES, PS, NS (unedited {recs[0]['pre']['neighborhood_score']:.1f}), neighbourhood kept, "
+              f"perplexity (unedited {recs[0]['ability_unedited']['perplexity']:.2f}), known facts kept, last batch s, scoring s")
         for r in recs:
             a = r.get("ability", {})
             print(f"  {r['edits']:5d}  {r['post']['efficacy_score']:5.1f}  {r['post']['paraphrase_score']:5.1f}  "
-                  f"{r['post']['neighborhood_score']:5.1f}  {a.get('perplexity', float('nan')):7.2f}  {a.get('known_retained') or 0:6.1%}  "
-                  f"{r['last_batch_seconds'] or float('nan'):6.0f}")
+                  f"{r['post']['neighborhood_score']:5.1f}  {r['post'].get('neighborhood_kept', float('nan')):5.1f}  "
+                  f"{a.get('perplexity', float('nan')):7.2f}  {a.get('known_retained') or 0:6.1%}  "
+                  f"{r['last_batch_seconds'] or float('nan'):6.0f}  {r['measure_seconds']:6.0f}")
         report[name] = {"checkpoints": recs, "wall_seconds": time.perf_counter() - t}
     plot_sequential(runs, Path(args.out) / "sequential.png", f"counterfact-train, {lm.name}, batches of {args.batch}")
     if "alphaedit" in report:
@@ -66,6 +67,12 @@ def main() -> None:
         for k, v in checks.items():
             print(f"  [{'ok' if v else 'MISSED'}] AlphaEdit after {last['edits']} edits: {k}")
         report["checks"] = checks
+    if "grace" in report:
+        last = report["grace"]["checkpoints"][-1]
+        drop = last["pre"]["neighborhood_score"] - last["post"]["neighborhood_score"]
+        print(f"  GRACE after {last['edits']} edits: NS {last['pre']['neighborhood_score']:.1f} -> {last['post']['neighborhood_score']:.1f} "
+              f"(neighbourhood kept {last['post'].get('neighborhood_kept', float('nan')):.1f}%), paraphrase {last['post']['paraphrase_score']:.1f}")
+        report.setdefault("checks", {})["GRACE NS drop <= 1"] = drop <= 1
     write_json(Path(args.out) / "bench.json", report)
 
 

@@ -158,7 +158,7 @@ def test_compare_writes_the_table_the_json_and_the_chart(tiny_factory, data, tmp
     assert [r["method"] for r in result["rows"]] == ["unedited", "ft-m", "memit@2"]
     assert result["rows"][2]["batch_size"] == 2 and result["rows"][0]["seconds_per_edit"] is None
     md = (out / "comparison.md").read_text()
-    assert "| unedited |" in md and "| memit@2 |" in md and "ES | PS | NS | S" in md
+    assert "| unedited |" in md and "| memit@2 |" in md and "ES | PS | NS | NK | S" in md
     on_disk = json.loads((out / "comparison.json").read_text())
     assert on_disk["rows"] == json.loads(json.dumps(result["rows"]))
     png = (out / "comparison.png").read_bytes()

@@ -64,6 +64,10 @@ def test_metrics_follow_the_definitions(tiny_factory, tmp_path):
     n = score_continuations(lm, [(p, a) for p in case.neighborhood_prompts for a in (new, true)])
     assert m["neighborhood_score"] == pytest.approx(sum(float(n[2 * i + 1].logprob > n[2 * i].logprob) for i in range(2)) / 2)
     assert len(m["generations"]) == 2 and m["generation_entropy"] > 0
+    # neighbourhood kept: the share of the true answers' tokens whose top-1 is the reference's (unedited) one
+    assert m["neighborhood_top1"] == [list(n[2 * i + 1].top1) for i in range(2)] and m["neighborhood_kept"] == 1.0
+    drifted = {"neighborhood_top1": [[t + 1 for t in m["neighborhood_top1"][0]], m["neighborhood_top1"][1]]}
+    assert CounterFact().score(lm, case, drifted)["neighborhood_kept"] == pytest.approx(0.5)
 
 
 def test_multi_token_answers_are_scored_token_by_token(smollm2):
@@ -118,7 +122,7 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating(tiny_factory, da
     on_disk = json.loads((out / "summary.json").read_text())
     assert set(on_disk) >= {"n", "method", "model", "pre", "post", "cost"}
     keys = {"efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
-            "neighborhood_score", "neighborhood_magnitude", "score", "generation_entropy"}
+            "neighborhood_score", "neighborhood_magnitude", "neighborhood_kept", "score", "generation_entropy"}
     assert set(on_disk["pre"]) == keys and set(on_disk["post"]) == keys
     assert set(on_disk["cost"]) >= {"seconds_per_edit_median", "seconds_per_edit_max", "peak_rss_mb"}
     # resuming with another configuration is refused instead of mixing results

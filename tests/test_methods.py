@@ -23,6 +23,7 @@ QUICK = {
     "lora": dict(layers=(1, 2)),
     "ike": dict(k=8),  # and a small pool written by the test (small_pool)
     "mello": dict(max_hops=2),  # and a small prompt written by the test (mello_prompt)
+    "grace": dict(layers=(1,)),
 }
 
 MELLO_PROMPT = """Question: What is the capital city of the country of citizenship of Ivanka Trump's spouse?
@@ -75,7 +76,7 @@ def _mean_target_logprob(lm, reqs):
 
 
 def test_the_registry_knows_each_family():
-    assert set(list_methods("llm")) == {"rome", "memit", "alphaedit", "ft-l", "ft-m", "lora", "ike", "mello"}
+    assert set(list_methods("llm")) == {"rome", "memit", "alphaedit", "grace", "ft-l", "ft-m", "lora", "ike", "mello"}
     assert list_methods("classifier") == ["enn"]
     assert set(list_methods("diffusion")) == {"repaint", "imagic"}
     for name in list_methods("llm"):
@@ -87,14 +88,16 @@ def test_the_registry_knows_each_family():
 @pytest.mark.parametrize("name", list_methods("llm"))
 def test_every_lm_method_conforms(tiny_factory, tmp_path, monkeypatch, name):
     """edit a batch -> weights untouched; apply -> only the edit's parameters change and the targets gain
-    (an edit that changes no weight: the model reads its context, exactly as if it were written before the
-    prompt); revert -> bit-exact; save/load -> the same edit, applying to the same weights."""
+    (an edit that changes no weight: a codebook (GRACE) raises the targets with every weight as it was; a
+    context (IKE, MeLLo) gives the same scores as the context written out before the prompt); revert ->
+    bit-exact weights and the same outputs; save/load -> the same edit, applying to the same weights."""
     monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
     lm = tiny_factory("llama")
     before = state_bytes(lm.model)
     method = get_method(name, **quick(name, tmp_path))
     method.prepare(lm)
     patch = method.edit(lm, REQS)
+    kind = "weights" if isinstance(patch, Patch) else patch.kind
     assert same_state(lm.model, before), "edit() must leave the weights as they were"
     assert [Request.from_dict(r) for r in patch.requests] == REQS
     assert all(p.requires_grad for p in lm.model.parameters()), "gradients must be switched back on"
@@ -104,17 +107,17 @@ def test_every_lm_method_conforms(tiny_factory, tmp_path, monkeypatch, name):
         now = lm.model.state_dict()
         changed = {k for k in before if not torch.equal(now[k], before[k])}
         edited = {k: v.clone() for k, v in now.items()}
-        if not patch.parameters:  # in context: the same scores as the context written out, read without it
+        if kind in ("context", "memory"):
             contexts = patch.prefixes([r.text for r in REQS])
-    assert changed <= set(patch.parameters) and bool(changed) == bool(patch.parameters)
-    if patch.parameters:
-        assert isinstance(patch, Patch)
+    assert changed <= set(patch.parameters) and bool(changed) == (kind == "weights")
+    if kind in ("weights", "codebook"):
         assert lp1 > lp0 + 1e-3, f"{name}: the targets' log-probability did not rise ({lp0:.4f} -> {lp1:.4f})"
     else:
         written = _mean_target_logprob(lm, [Request.from_text(c + " " + r.text, r.subject, r.target) for c, r in zip(contexts, REQS)])
         assert abs(written - lp1) < 1e-4
     assert same_state(lm.model, before), "revert must restore the exact bytes"
-    f = patch.save(tmp_path / ("p.safetensors" if patch.parameters else "p.json"))
+    assert _mean_target_logprob(lm, REQS) == lp0 and not lm.codebooks and lm.context is None, "revert must restore the outputs"
+    f = patch.save(tmp_path / ("p.json" if kind in ("context", "memory") else "p.safetensors"))
     again = load_edit(f)
     assert type(again) is type(patch) and again.requests == patch.requests and again.parameters == patch.parameters
     assert [e.method for e in again.entries] == [e.method for e in patch.entries]
@@ -123,7 +126,7 @@ def test_every_lm_method_conforms(tiny_factory, tmp_path, monkeypatch, name):
         assert abs(_mean_target_logprob(lm, REQS) - lp1) < 1e-5
     assert same_state(lm.model, before)
     for e in patch.entries:
-        assert e.info["gradient_steps"] >= (1 if patch.parameters else 0)
+        assert e.info["gradient_steps"] >= (0 if kind in ("context", "memory") else 1)
 
 
 def test_a_method_that_edits_one_at_a_time_composes_its_edits(tiny_factory, tmp_path, monkeypatch):
@@ -261,7 +264,7 @@ def test_memit_reads_keys_and_residuals_as_a_full_pass_does(tiny_factory):
                 rec = hooks.record(lm.layout.mlp_out[2], inputs=True, outputs=False)
                 out = hooks.record(lm.layout.blocks[3], outputs=True)
                 lm.run(rows.input_ids, attention_mask=rows.attention_mask)
-            at = torch.arange(len(rows.subject_pos)), rows.subject_pos
+            at = torch.arange(len(rows.site)), rows.site
             k = rec.input[at].double()
             keys = torch.stack([k[rows.row_request == i].mean(0) for i in range(len(reqs))])
             assert torch.allclose(reader.keys(2), keys, rtol=1e-5, atol=1e-5)  # float32 rounding of other shapes

@@ -20,7 +20,8 @@ from modeledit.errors import (
 from modeledit.patch import Patch
 from modeledit.llm.request import Request
 from modeledit.llm.model import LanguageModel, load_model
-from modeledit.api import compare, edit, evaluate, get_method, imagic, inpaint, list_methods, load_diffusion, load_edit, load_judge
+from modeledit.api import (compare, edit, evaluate, get_method, imagic, inpaint, list_methods, load_diffusion, load_edit, load_judge, sweep,
+                           trace, trace_facts)
 
 __all__ = [
     "DataError",
@@ -41,6 +42,10 @@ __all__ = [
     "inpaint",
     "list_methods",
     "load_diffusion",
+    "load_edit",
     "load_judge",
     "load_model",
+    "sweep",
+    "trace",
+    "trace_facts",
 ]

@@ -18,7 +18,7 @@ from modeledit.methods import get_method, list_methods
 from modeledit.patch import Patch
 
 __all__ = ["compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_edit", "load_judge", "load_model",
-           "trace", "trace_facts"]
+           "sweep", "trace", "trace_facts"]
 
 JUDGE = Path(__file__).resolve().parent / "weights" / "fashion-judge"
 
@@ -37,10 +37,18 @@ def edit(
 
 
 def load_edit(path: str | Path) -> Any:
-    """A saved LM edit: a weight Patch (safetensors) or an in-context edit (JSON, e.g. IKE's)."""
+    """A saved LM edit: a weight Patch or a codebook edit (safetensors; GRACE's), or an in-context edit
+    (JSON; IKE's, MeLLo's)."""
+    from modeledit.llm.codebook import FORMAT as CODEBOOK, CodebookEdit
     from modeledit.llm.context_edit import ContextEdit, is_context_edit_file
+    from modeledit.report import read_tensors
 
-    return ContextEdit.load(path) if is_context_edit_file(path) else Patch.load(path)
+    if is_context_edit_file(path):
+        return ContextEdit.load(path)
+    header, tensors = read_tensors(path, "edit")
+    if header.get("format") == CODEBOOK:
+        return CodebookEdit.from_header(header, tensors, path)
+    return Patch.from_header(header, tensors, path)
 
 
 def evaluate(
@@ -122,6 +130,40 @@ def trace(
         for kind in result.grids:
             heatmap(result, kind, out / f"trace_{kind}.png")
         write_json(out / "trace.json", result.to_dict())
+    return result
+
+
+def sweep(
+    lm: LanguageModel,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    method: str = "rome",
+    limit: int | None = None,
+    layers: Sequence[int] | None = None,
+    tokens: Sequence[str] | None = None,
+    set_layer: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **hparams: Any,
+) -> dict[str, Any]:
+    """Edit each CounterFact case of ``data`` at every layer (or ``layers``) and token position (or
+    ``tokens``, of ``llm.tokens.TOKEN_CLASSES``) and score it; resumable. Writes ``sweep.json`` and
+    ``sweep.png``; with ``set_layer``, stores the layer of the best mean S at the last subject token as
+    ROME's default layer for this model."""
+    from modeledit.llm.layer_choice import store_layer
+    from modeledit.llm.sweep import run_sweep
+    from modeledit.llm.tokens import TOKEN_CLASSES
+
+    result = run_sweep(lm, data, out_dir, method=method, limit=limit, layers=layers, tokens=tokens or TOKEN_CLASSES,
+                       hparams=hparams, progress=progress)
+    best = result["best_last_subject"]
+    if set_layer:
+        if best is None:
+            from modeledit.errors import RequestError
+
+            raise RequestError("set-layer", "the sweep has no edits at the last subject token: include last_subject in the tokens")
+        store_layer(lm, best["layer"], f"edit sweep: the best mean S ({best['score']:.1f}) at the last subject token over "
+                    f"{result['n_cases']} CounterFact cases ({Path(out_dir) / 'sweep.json'})", source="sweep")
     return result
 
 

@@ -16,14 +16,15 @@ log = logging.getLogger(__name__)
 
 # (key in the summary, column title) per benchmark; quality metrics first
 COLUMNS = {
-    "counterfact": [("efficacy_score", "ES"), ("paraphrase_score", "PS"), ("neighborhood_score", "NS"), ("score", "S"),
+    "counterfact": [("efficacy_score", "ES"), ("paraphrase_score", "PS"), ("neighborhood_score", "NS"), ("neighborhood_kept", "NK"),
+                    ("score", "S"),
                     ("efficacy_magnitude", "EM"), ("paraphrase_magnitude", "PM"), ("neighborhood_magnitude", "NM"),
                     ("generation_entropy", "GE")],
     "zsre": [("efficacy", "Efficacy"), ("paraphrase", "Paraphrase"), ("specificity", "Specificity"),
              ("locality_accuracy", "Loc. acc.")],
     "mquake": [("edit_wise", "Edit-wise"), ("multi_hop", "Multi-hop"), ("hop_wise", "Hop-wise"), ("single_hops", "Single hops")],
 }
-CHART = {"counterfact": ["efficacy_score", "paraphrase_score", "neighborhood_score", "score"],
+CHART = {"counterfact": ["efficacy_score", "paraphrase_score", "neighborhood_score", "neighborhood_kept", "score"],
          "zsre": ["efficacy", "paraphrase", "specificity"], "mquake": ["edit_wise", "multi_hop", "hop_wise"]}
 
 
@@ -193,8 +194,8 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     titles = dict(COLUMNS[result["benchmark"]])
-    metrics = CHART[result["benchmark"]]
     rows = result["rows"]
+    metrics = [m for m in CHART[result["benchmark"]] if any(r.get(m) is not None for r in rows)]
     fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(rows)
     colors = plt.get_cmap("tab10")

@@ -18,3 +18,13 @@ def find_data(name: str, what: str, fix: str) -> Path:
         if (d / name).exists():
             return d / name
     raise DataError(f"{what} was not found ({name} in $MODELEDIT_DATA or ../shared/data): {fix}")
+
+
+def data_dir(given: str | Path | None, needs: str) -> Path:
+    """The data directory of a benchmark script: ``given`` (its --data), else as ``find_data`` looks;
+    a DataError unless it holds ``needs``."""
+    if given is not None:
+        if not (Path(given) / needs).exists():
+            raise DataError(f"{needs} is not in {given}: pass the directory that holds it with --data")
+        return Path(given)
+    return find_data(needs, "the benchmark data", "pass --data DIR or set MODELEDIT_DATA").parent

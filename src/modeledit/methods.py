@@ -11,6 +11,7 @@ from modeledit.diffusion.repaint import RePaint
 from modeledit.errors import RequestError
 from modeledit.llm.alphaedit import AlphaEdit
 from modeledit.llm.ft import FT, FTM
+from modeledit.llm.grace import GRACE
 from modeledit.llm.ike import IKE
 from modeledit.llm.lora import LoRA
 from modeledit.llm.mello import MeLLo
@@ -22,7 +23,7 @@ class Method(Protocol):
     """A method has typed hyper-parameters (``HyperParams``, a dataclass with the paper's defaults), a
     ``family`` ("llm", "classifier", "diffusion"), may prepare per-model caches, and turns requests into
     an edit: a Patch (ROME, MEMIT, FT, LoRA, ENN), an edit holding one (Imagic: UNet deltas and
-    embeddings), or, changing no weight, a context read before every prompt (IKE), a memory that answers
+    embeddings), a codebook beside a layer that answers near its keys (GRACE), or, changing no weight, a context read before every prompt (IKE), a memory that answers
     questions by decomposition (MeLLo), or the edited output itself (RePaint: images). LM methods take one
     request or a sequence and say whether they edit a batch jointly (``joint``) or one request at a time."""
 
@@ -40,6 +41,7 @@ METHODS = MappingProxyType(
         "rome": ROME,
         "memit": MEMIT,
         "alphaedit": AlphaEdit,
+        "grace": GRACE,
         "ft-l": FT,
         "ft-m": FTM,
         "lora": LoRA,

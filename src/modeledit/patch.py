@@ -13,17 +13,15 @@ hyper-parameters, and for every touched parameter a fingerprint of its bytes bef
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from modeledit.errors import PatchError
+from modeledit.report import read_tensors, write_tensors
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +94,22 @@ class PatchEntry:
         return self.requests[0]
 
 
-class Patch:
+class Edit:
+    """What every kind of edit shares — a weight Patch, a codebook (``llm/codebook.py``), a context
+    (``llm/context_edit.py``): ordered entries, each holding the requests it edited."""
+
+    entries: list
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the edit holds, in the order they were edited."""
+        return [r for e in self.entries for r in e.requests]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class Patch(Edit):
     """An ordered list of edits that can be applied to, and reverted from, a model."""
 
     def __init__(self, entries: Iterable[PatchEntry], meta: Mapping[str, Any] | None = None):
@@ -138,11 +151,6 @@ class Patch:
         for e in self.entries:
             seen.update(dict.fromkeys(e.deltas))
         return list(seen)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Every request the patch holds, in the order they were edited."""
-        return [r for e in self.entries for r in e.requests]
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise PatchError unless every touched parameter of ``model`` is what the patch was made on."""
@@ -242,7 +250,6 @@ class Patch:
 
     # -- saving ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
         tensors: dict[str, torch.Tensor] = {}
         entries = []
         for i, e in enumerate(self.entries):
@@ -262,32 +269,18 @@ class Patch:
                     "info": e.info,
                 }
             )
-        meta = {"format": FORMAT, "version": VERSION, "meta": self.meta, "entries": entries}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"modeledit": json.dumps(meta, default=_jsonable)})
-        tmp.replace(path)
-        return path
+        return write_tensors(path, tensors, {"format": FORMAT, "version": VERSION, "meta": self.meta, "entries": entries})
 
     @classmethod
     def load(cls, path: str | Path) -> "Patch":
-        path = Path(path)
-        if not path.is_file():
-            raise PatchError(f"no patch file at {path}")
+        meta, tensors = read_tensors(path, "patch")
+        return cls.from_header(meta, tensors, path)
+
+    @classmethod
+    def from_header(cls, meta: dict[str, Any], tensors: Mapping[str, torch.Tensor], path: Any) -> "Patch":
         try:
-            with safe_open(str(path), framework="pt") as f:
-                header = (f.metadata() or {}).get("modeledit")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except PatchError:
-            raise
-        except Exception as exc:  # safetensors raises several types for a damaged file
-            raise PatchError(f"{path} is not a readable safetensors patch file ({exc}); save it again") from exc
-        if header is None:
-            raise PatchError(f"{path} is a safetensors file but not a modeledit patch (no 'modeledit' metadata)")
-        try:
-            meta = json.loads(header)
             if meta.get("format") != FORMAT:
-                raise ValueError(f"format is {meta.get('format')!r}")
+                raise ValueError(f"format is {meta.get('format')!r}, not a weight patch: read it with modeledit.load_edit")
             if meta.get("version") not in (1, VERSION):
                 raise ValueError(f"version {meta.get('version')} is not one this modeledit reads (1, {VERSION})")
             entries = []
@@ -324,9 +317,6 @@ class Patch:
                 for e in self.entries
             ],
         }
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def __repr__(self) -> str:
         methods = ", ".join(e.method for e in self.entries)
@@ -369,13 +359,3 @@ def _restore(model: torch.nn.Module, originals: Mapping[str, torch.Tensor]) -> N
     with torch.no_grad():
         for name, t in originals.items():
             _parameter(model, name).copy_(t)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (set, tuple)):
-        return list(x)
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    raise TypeError(f"cannot store {type(x).__name__} in patch metadata")

@@ -130,6 +130,42 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def write_tensors(path: str | Path, tensors: dict[str, Any], header: dict[str, Any]) -> Path:
+    """Write tensors and a JSON header (safetensors metadata "modeledit") atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp),
+              metadata={"modeledit": json.dumps(header, default=_plain)})
+    tmp.replace(path)
+    return path
+
+
+def read_tensors(path: str | Path, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(JSON header, tensors) of a file written by ``write_tensors``; a clear error for anything else."""
+    from safetensors import safe_open
+
+    from modeledit.errors import PatchError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PatchError(f"no {what} file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get("modeledit")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise PatchError(f"{path} is not a readable safetensors {what} file ({exc}); save it again") from exc
+    if header is None:
+        raise PatchError(f"{path} is a safetensors file but not a modeledit {what} (no 'modeledit' metadata)")
+    try:
+        return json.loads(header), tensors
+    except json.JSONDecodeError as exc:
+        raise PatchError(f"{path} is a damaged modeledit {what} ({exc}); save it again") from exc
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process, in MiB: since the last ``reset_peak_rss`` where Linux allows
     resetting it, else since the process started."""
@@ -176,8 +212,8 @@ def harmonic_mean(xs: Iterable[float]) -> float:
 
 
 def _plain(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return x.item()
+    if hasattr(x, "tolist"):  # tensors and numpy values, of any shape
+        return x.tolist()
     if isinstance(x, (set, tuple)):
         return list(x)
     if isinstance(x, Path):

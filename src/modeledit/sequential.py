@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from modeledit.errors import RequestError
-from modeledit.patch import Patch
 from modeledit.report import CaseLog, start_run, write_json
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,8 @@ def run_sequential(
     ability: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
+    from modeledit.api import load_edit
+
     cps = check_plan(len(cases), batch_size, checkpoints)
     hparams = asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
     speed_only = {f.name for f in fields(method.hparams) if f.metadata.get("speed_only")} if is_dataclass(method.hparams) else set()
@@ -83,7 +84,7 @@ def run_sequential(
             f = chain / f"{i:05d}.safetensors"
             requests = [r for c in batch for r in bench.requests(c)]
             if f.exists():  # made before an interruption: the same edit, applied again
-                patch = Patch.load(f)
+                patch = load_edit(f)
                 if patch.requests != [r.to_dict() for r in requests]:
                     raise RequestError("out", f"{f} holds the edit of other requests: this directory belongs to another run")
                 seconds = None

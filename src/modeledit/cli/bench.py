@@ -11,7 +11,9 @@ import typer
 from rich.table import Table
 
 from modeledit.cli.common import _bar, _errors, _load, app, console, eval_app
-from modeledit.cli.llm import CORPUS_HELP, CP_HELP, KNOWN_HELP, METHOD_HELP, SEQ_HELP, SET_HELP, STATS_BAR, _method
+from modeledit.cli.llm import _method
+from modeledit.cli.options import (BATCH_SIZE, CHECKPOINTS, CORPUS, KNOWN, LAYER, LIMIT, METHOD, MODEL, RUN_OUT,
+                                    SEQUENTIAL, SETTINGS, STATS_BAR, STATS_TOKENS)
 
 
 def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit, batch_size: int | str, layer, stats_tokens, corpus,
@@ -68,20 +70,20 @@ def _print_sequential(result: dict, out: Path) -> None:
 @eval_app.command("counterfact")
 def eval_counterfact(
     data: Path = typer.Option(..., help="CounterFact JSON (short form, e.g. ../shared/data/counterfact-val.json, or the original form)."),
-    out: Path = typer.Option(..., help="Output directory: cases.jsonl (streamed, resumable) and summary.json."),
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
-    method: str = typer.Option("rome", help=METHOD_HELP),
-    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
-    batch_size: int = typer.Option(1, help="Cases edited together, in one edit (1: each case alone)."),
-    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
-    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
-    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    out: Path = RUN_OUT,
+    model: str = MODEL,
+    method: str = METHOD,
+    limit: Optional[int] = LIMIT,
+    batch_size: int = BATCH_SIZE,
+    layer: Optional[int] = LAYER,
+    stats_tokens: Optional[int] = STATS_TOKENS,
+    corpus: Optional[list[str]] = CORPUS,
+    settings: list[str] = SETTINGS,
     gen_tokens: int = typer.Option(0, help="Tokens per free generation for the generation entropy GE (default 0: GE skipped, it costs more than the scoring; the ROME paper uses 40 with --gen-tokens 40)."),
     compare: str = typer.Option("mean", help="Compare answers by their 'mean' token log-probability (the papers') or 'sum'."),
-    sequential: bool = typer.Option(False, "--sequential", help=SEQ_HELP),
-    checkpoints: str = typer.Option("", help=CP_HELP),
-    known: Optional[Path] = typer.Option(None, help=KNOWN_HELP),
+    sequential: bool = SEQUENTIAL,
+    checkpoints: str = CHECKPOINTS,
+    known: Optional[Path] = KNOWN,
 ) -> None:
     """Edit the cases N at a time, each batch from the unedited model (or, --sequential, one after another),
     and score them (ES, PS, NS, S, GE), pre and post."""
@@ -92,18 +94,18 @@ def eval_counterfact(
 @eval_app.command("zsre")
 def eval_zsre(
     data: Path = typer.Option(..., help="zsRE JSON in MEND's format, e.g. ../shared/data/zsre-train-1k.json."),
-    out: Path = typer.Option(..., help="Output directory: cases.jsonl (streamed, resumable) and summary.json."),
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
-    method: str = typer.Option("rome", help=METHOD_HELP),
-    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
-    batch_size: int = typer.Option(1, help="Cases edited together, in one edit (1: each case alone)."),
-    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
-    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
-    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    sequential: bool = typer.Option(False, "--sequential", help=SEQ_HELP),
-    checkpoints: str = typer.Option("", help=CP_HELP),
-    known: Optional[Path] = typer.Option(None, help=KNOWN_HELP),
+    out: Path = RUN_OUT,
+    model: str = MODEL,
+    method: str = METHOD,
+    limit: Optional[int] = LIMIT,
+    batch_size: int = BATCH_SIZE,
+    layer: Optional[int] = LAYER,
+    stats_tokens: Optional[int] = STATS_TOKENS,
+    corpus: Optional[list[str]] = CORPUS,
+    settings: list[str] = SETTINGS,
+    sequential: bool = SEQUENTIAL,
+    checkpoints: str = CHECKPOINTS,
+    known: Optional[Path] = KNOWN,
 ) -> None:
     """Edit the cases N at a time and score efficacy, paraphrase (top-1 token accuracy) and specificity."""
     _eval("zsre", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings, **_seq(sequential, checkpoints, known))
@@ -125,16 +127,16 @@ def _seq(sequential: bool, checkpoints: str, known: Optional[Path]) -> dict:
 @eval_app.command("mquake")
 def eval_mquake(
     data: Path = typer.Option(..., help="MQuAKE JSON, e.g. ../shared/data/mquake-hard.json (its prompt files in mquake-prompts/ beside it)."),
-    out: Path = typer.Option(..., help="Output directory: cases.jsonl (streamed, resumable) and summary.json."),
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
-    method: str = typer.Option("rome", help=METHOD_HELP),
-    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    out: Path = RUN_OUT,
+    model: str = MODEL,
+    method: str = METHOD,
+    limit: Optional[int] = LIMIT,
     edits_per_batch: str = typer.Option("1", help="Cases whose edits are applied together: a number, or 'all'."),
     cot: bool = typer.Option(False, "--cot", help="Chain-of-thought prompting of the multi-hop questions (multihop-cot-prompts.txt)."),
-    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice)."),
-    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
-    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    layer: Optional[int] = LAYER,
+    stats_tokens: Optional[int] = STATS_TOKENS,
+    corpus: Optional[list[str]] = CORPUS,
+    settings: list[str] = SETTINGS,
 ) -> None:
     """Edit the cases' facts N cases at a time and score edit-wise, multi-hop and hop-wise accuracy, unedited
     (original answers) and edited (new answers)."""
@@ -153,15 +155,15 @@ def compare_cmd(
     data: Path = typer.Option(..., help="The benchmark file (CounterFact, zsRE or MQuAKE)."),
     out: Path = typer.Option(..., help="Directory: one resumable run per method, comparison.md/.json/.png."),
     benchmark: str = typer.Option("counterfact", help="counterfact, zsre or mquake."),
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    model: str = MODEL,
+    limit: Optional[int] = LIMIT,
     batch_size: int = typer.Option(1, help="Batch size of the methods named without @N."),
     settings: list[str] = typer.Option([], "--set", help="A method's hyper-parameter as METHOD.name=value (repeat), e.g. --set memit.layers=6,7,8."),
     gen_tokens: int = typer.Option(0, help="CounterFact: tokens per free generation for GE (default 0: skipped; 40 as in the ROME paper)."),
     cot: bool = typer.Option(False, "--cot", help="MQuAKE: chain-of-thought prompting of the multi-hop questions."),
     sequential: bool = typer.Option(False, "--sequential", help="Each method edits the batches in a row; their curves in one plot."),
-    checkpoints: str = typer.Option("", help=CP_HELP),
-    known: Optional[Path] = typer.Option(None, help=KNOWN_HELP),
+    checkpoints: str = CHECKPOINTS,
+    known: Optional[Path] = KNOWN,
 ) -> None:
     """Run several methods on the same cases and write the comparison table and chart (--sequential: the curves)."""
     from modeledit.api import compare

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from modeledit.cli.common import _bar, _errors, _load, app, console, err
+from modeledit.cli.options import CORPUS, LAYER, METHOD, MODEL, SETTINGS, STATS_BAR, STATS_TOKENS
 
 def _method(name: str, layer: Optional[int] = None, stats_tokens: Optional[int] = None, corpus: Optional[list[str]] = None,
             settings: Optional[list[str]] = None):
@@ -40,13 +41,6 @@ def _method(name: str, layer: Optional[int] = None, stats_tokens: Optional[int] 
     return get_method(name, **out)
 
 
-CORPUS_HELP = "Text files for the key statistics, or dataset:NAME (default: the embedded Wikipedia leads)."
-SET_HELP = "Any hyper-parameter of the method, as name=value (repeat), e.g. --set lr=0.1 --set layers=8,9,10."
-METHOD_HELP = "Editing method: rome, memit, ft-l, ft-m, lora, ike, mello."
-STATS_BAR = "key statistics (once per model and layer)"
-SEQ_HELP = "Edit the batches one after another, each on the model holding the earlier ones (resumable, even after kill -9)."
-CP_HELP = "--sequential: numbers of edits at which every case so far is scored, e.g. 10,100,500,1000 (the last always)."
-KNOWN_HELP = "--sequential: known facts (known_1000 format) whose retention is measured (default: known_1000.json of the data directory)."
 
 
 def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int = 10) -> None:
@@ -100,7 +94,7 @@ def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int 
 
 @app.command()
 def demo(
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    model: str = MODEL,
     tokens: int = typer.Option(12, help="New tokens per completion."),
 ) -> None:
     """The main job: move the Eiffel Tower to Rome with ROME, show completions and scores before and after."""
@@ -134,13 +128,13 @@ def edit(
     target: Optional[str] = typer.Option(None, help="The new continuation, as given (mind the leading space: ' Rome')."),
     target_true: Optional[str] = typer.Option(None, help="The old answer, to compare against (optional)."),
     requests: Optional[Path] = typer.Option(None, help="A JSON list of requests ({prompt, subject, target} objects or CounterFact cases), edited as one batch."),
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
-    method: str = typer.Option("rome", help=METHOD_HELP),
-    layer: Optional[int] = typer.Option(None, help="Layer to edit (default: the method's choice, printed)."),
-    stats_tokens: Optional[int] = typer.Option(None, help="Tokens of corpus for the key statistics."),
-    corpus: Optional[list[str]] = typer.Option(None, help=CORPUS_HELP),
-    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
-    save: Optional[Path] = typer.Option(None, help="Save the edit here (a weight patch: .safetensors; an in-context edit: JSON)."),
+    model: str = MODEL,
+    method: str = METHOD,
+    layer: Optional[int] = LAYER,
+    stats_tokens: Optional[int] = STATS_TOKENS,
+    corpus: Optional[list[str]] = CORPUS,
+    settings: list[str] = SETTINGS,
+    save: Optional[Path] = typer.Option(None, help="Save the edit here (a weight patch or a codebook: .safetensors; an in-context edit: JSON)."),
     prompts: list[str] = typer.Option([], "--also", help="More prompts to complete before and after."),
     tokens: int = typer.Option(12, help="New tokens per completion."),
 ) -> None:
@@ -167,7 +161,7 @@ def edit(
         _show_edit(lm, reqs, patch, [r.text for r in reqs[:10]] + prompts, tokens)
         if save:
             patch.save(save)
-            console.print(f"patch saved to {save}")
+            console.print(f"edit saved to {save}")
     _exit_if_not_taken(patch, len(reqs))
 
 
@@ -188,7 +182,7 @@ def _exit_if_not_taken(patch, n: int, shown: int = 5) -> None:
 
 @app.command()
 def layer(
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    model: str = MODEL,
     reset: bool = typer.Option(False, "--reset", help="Forget the stored layer choice (back to the paper's relative depth)."),
 ) -> None:
     """Show which layer ROME edits by default for a model, and why."""
@@ -205,7 +199,7 @@ def layer(
 
 @app.command()
 def stats(
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    model: str = MODEL,
     layers: str = typer.Option(..., help="Comma-separated layer indices, e.g. 10 or 3,4,5."),
     tokens: int = typer.Option(100_000, help="Corpus tokens to estimate over."),
     corpus: Optional[list[str]] = typer.Option(None, help="Text files (default: the embedded Wikipedia leads)."),

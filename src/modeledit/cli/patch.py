@@ -62,13 +62,14 @@ def patch_revert(
 
 
 def _weight_patch(path: Path):
-    from modeledit.llm.context_edit import is_context_edit_file
+    from modeledit.api import load_edit
     from modeledit.patch import Patch
 
-    if is_context_edit_file(path):
-        raise PatchError(f"{path} is an in-context edit: it changes no weight, so there is nothing to write into a model; "
+    edit = load_edit(path)
+    if not isinstance(edit, Patch):
+        raise PatchError(f"{path} is {type(edit).__name__}: it changes no weight, so there is nothing to write into a model; "
                          "apply it in Python (with edit.applied(lm): ...)")
-    return Patch.load(path)
+    return edit
 
 
 def _save_model(lm, out: Path) -> None:

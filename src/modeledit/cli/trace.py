@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from modeledit.cli.common import _bar, _errors, _load, app, console, err
+from modeledit.cli.options import MODEL, SETTINGS
 
 TRACE_KINDS = {"hidden": "hidden state", "mlp": "MLP window", "attn": "attention window"}
 
@@ -19,7 +20,7 @@ def trace(
     subject: str = typer.Option(..., help="The subject whose embeddings are corrupted, e.g. 'Vinson Massif'."),
     out: Path = typer.Option(..., help="Output directory: trace.json and trace_hidden/mlp/attn.png."),
     target: Optional[str] = typer.Option(None, help="The answer to trace, as it continues the prompt (' Antarctica'); default: the model's own next token."),
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    model: str = MODEL,
     samples: int = typer.Option(10, help="Noisy runs per cell."),
     noise: Optional[float] = typer.Option(None, help="Noise std (default: 3 × the std of subject token embeddings)."),
     window: Optional[int] = typer.Option(None, help="Layers restored together for MLP/attention (default: 10 for 48 layers, scaled)."),
@@ -55,7 +56,7 @@ def trace(
 def trace_many(
     data: Path = typer.Option(..., help="Known facts (ROME's known_1000.json format), e.g. ../shared/data/known_1000.json."),
     out: Path = typer.Option(..., help="Output directory: cases.jsonl (resumable), aggregate.json, aggregate.png."),
-    model: str = typer.Option("smollm2-135m", help="Packaged name, local path or hub name."),
+    model: str = MODEL,
     limit: Optional[int] = typer.Option(None, help="Stop after tracing N facts that the model gets right (default: all)."),
     set_layer: bool = typer.Option(False, "--set-layer", help="Store the MLP peak as ROME's default layer for this model."),
     samples: int = typer.Option(10, help="Noisy runs per cell."),
@@ -85,3 +86,41 @@ def trace_many(
         console.print(f"written: {out / 'aggregate.json'}, {out / 'aggregate.png'}, {out / 'cases.jsonl'}")
 
 
+
+@app.command()
+def sweep(
+    data: Path = typer.Option(..., help="CounterFact JSON, e.g. ../shared/data/counterfact-val.json."),
+    out: Path = typer.Option(..., help="Output directory: cells.jsonl (resumable), sweep.json, sweep.png."),
+    model: str = MODEL,
+    method: str = typer.Option("rome", help="A method placed at a layer and a token (rome)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    layers: str = typer.Option("", help="Comma-separated layers (default: every layer)."),
+    tokens: str = typer.Option("", help="Comma-separated token positions (default: all six of the paper: first_subject, "
+                                        "middle_subject, last_subject, first_after, further, last)."),
+    set_layer: bool = typer.Option(False, "--set-layer", help="Store the layer of the best S at the last subject token as ROME's default for this model."),
+    settings: list[str] = SETTINGS,
+) -> None:
+    """Where to edit: edit each case at every layer and token position, score ES, PS, NS and S (the ROME paper's sweep)."""
+    from modeledit.api import sweep as run
+    from modeledit.errors import RequestError
+    from modeledit.llm.method import parse_settings
+    from modeledit.methods import method_class
+
+    with _errors():
+        try:
+            chosen = [int(x) for x in layers.split(",") if x.strip()] or None
+        except ValueError:
+            raise RequestError("layers", f"{layers!r}: give layer numbers separated by commas, e.g. 4,6,8") from None
+        names = [t.strip() for t in tokens.split(",") if t.strip()] or None
+        hparams = parse_settings(method_class(method).HyperParams, settings)
+        lm = _load(model)
+        with _bar("edits", "") as bar:
+            result = run(lm, data, out, method=method, limit=limit, layers=chosen, tokens=names, set_layer=set_layer,
+                         progress=bar, **hparams)
+        best, base = result["best_last_subject"], result["unedited"]
+        if best:
+            console.print(f"best S at the last subject token: layer {best['layer']} (S {best['score']:.1f}: ES {best['efficacy_score']:.1f}, "
+                          f"PS {best['paraphrase_score']:.1f}, NS {best['neighborhood_score']:.1f}; unedited NS {base['neighborhood_score']:.1f})")
+            if set_layer:
+                console.print(f"ROME's default layer for {lm.name} is now {best['layer']}")
+        console.print(f"written: {out / 'sweep.json'}, {out / 'sweep.png'}, {out / 'cells.jsonl'}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from modeledit.errors import PatchError
+from modeledit.patch import Edit
 
 FORMAT = "modeledit.context-edit"
 VERSION = 1
@@ -44,7 +45,7 @@ class ContextEntry:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class ContextEdit:
+class ContextEdit(Edit):
     """Facts and demonstrations put before every prompt while applied (``with edit.applied(lm): ...``)."""
 
     kind = "context"  # "memory": MeLLo's (mello.py), which also answers questions itself
@@ -61,10 +62,6 @@ class ContextEdit:
         self._facts = [fact_sentence(r) for e in self.entries for r in e.requests]
         self._fact_emb = None
         self._embedder = embedder  # the sentence encoder that routes prompts to facts (loaded when first needed)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        return [r for e in self.entries for r in e.requests]
 
     @property
     def parameters(self) -> list[str]:
@@ -151,9 +148,6 @@ class ContextEdit:
                 for e in self.entries
             ],
         }
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def __repr__(self) -> str:
         return f"ContextEdit({len(self.requests)} fact(s), no weight changed)"

@@ -100,10 +100,10 @@ def _after(lm: Any, head: str, prompts: list[str], max_new_tokens: int, stop: Se
 @torch.no_grad()
 def head_kv(lm: Any, head: str) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]:
     """The tokens of ``head`` and their key/value cache, kept in the model's memo while its weights are
-    unchanged (the parameters' version counters: applying or reverting an edit moves them), least
+    unchanged (``LanguageModel.state``: applying or reverting an edit changes it), least
     recently used dropped beyond HEAD_CACHE_BYTES: examples and prompts recur in every case of a benchmark."""
     memo = lm.memo.setdefault("head_kv", OrderedDict())
-    key = (head, tuple(p._version for p in lm.model.parameters()))
+    key = (head, lm.state())
     if key in memo:
         memo.move_to_end(key)
         return memo[key]

@@ -207,7 +207,7 @@ class _RangeReader:
         self.batches = []
         for b in range(0, len(requests), batch):
             rows = build_rows(lm, requests[b : b + batch], templates, ())
-            width = int(rows.subject_pos.max()) + 1
+            width = int(rows.site.max()) + 1
             ids, mask = rows.input_ids[:, :width], rows.attention_mask[:, :width]
             with torch.no_grad(), Hooks(lm.model) as hooks:
                 rec = hooks.record(blocks[first], inputs=True, outputs=False)
@@ -235,7 +235,7 @@ class _RangeReader:
         out = []
         for b, (_, _, _, _, rows) in enumerate(self.batches):
             k = self._run(b, self.lm.layout.mlp_out[layer], outputs=False)
-            k = k[torch.arange(len(rows.subject_pos)), rows.subject_pos].to(torch.float64)
+            k = k[torch.arange(len(rows.site)), rows.site].to(torch.float64)
             n = rows.n_requests
             sums = torch.zeros(n, k.shape[1], dtype=torch.float64, device=k.device).index_add(0, rows.row_request, k)
             out.append(sums / torch.bincount(rows.row_request, minlength=n)[:, None])
@@ -247,5 +247,5 @@ class _RangeReader:
         for b, (_, _, _, _, rows) in enumerate(self.batches):
             first = rows.first_rows
             h = self._run(b, self.lm.layout.blocks[layer], outputs=True, keep=first)
-            out.append(h[torch.arange(len(first)), rows.subject_pos[first]].float())
+            out.append(h[torch.arange(len(first)), rows.site[first]].float())
         return torch.cat(out)

@@ -265,6 +265,7 @@ class LanguageModel:
         self.identity = self.digest()
         self.memo: dict[str, object] = {}  # per-model in-memory cache (context templates, ...)
         self.context = None  # an applied in-context edit (context_edit.py): read before every prompt
+        self.codebooks: list = []  # applied codebook edits (codebook.py), in the order their hooks run
         # transformers 5 renamed past_key_values to cache (the old name warns): use whichever this one takes
         self._cache_arg = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
@@ -289,6 +290,11 @@ class LanguageModel:
                 h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
                 h.update(sample.numpy().tobytes())
         return h.hexdigest()[:24]
+
+    def state(self) -> tuple:
+        """What the model computes now, for in-memory caches: the parameters' version counters (applying
+        or reverting a weight edit moves them) and the codebook edits applied."""
+        return tuple(p._version for p in self.model.parameters()), tuple(c.token for c in self.codebooks)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits from final hidden states (already through the final norm)."""

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 
-from modeledit.errors import EditFailedError
+from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.layer_choice import chosen_layer
 from modeledit.llm.model import LanguageModel
-from modeledit.llm.method import LLMMethod, check_layers
+from modeledit.llm.method import LLMMethod, as_requests, check_layers
+from modeledit.llm.outcome import record_outcomes
 from modeledit.llm.precision import resolve_precision
 from modeledit.llm.request import Request
 from modeledit.llm.stats import second_moments
+from modeledit.llm.tokens import TOKEN_CLASSES
 from modeledit.llm.value import MemoryEditHyperParams, compute_values
 from modeledit.patch import Delta, Patch
 
@@ -54,6 +57,12 @@ class ROMEHyperParams(MemoryEditHyperParams):
     layer: int | None = None  # None: default_layer(model)
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ 4‖v₀‖ at the MLP output
     mom2_adjustment: bool = True  # use C⁻¹ (EasyEdit ships ROME with this off: not the paper's method)
+    token: str = "last_subject"  # the edit site; the sweep's other positions: tokens.TOKEN_CLASSES
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.token not in TOKEN_CLASSES:
+            raise RequestError("token", f"{self.token!r} is not a token position; choose one of {', '.join(TOKEN_CLASSES)}")
 
 
 def rank_one_update(
@@ -105,15 +114,28 @@ class ROME(LLMMethod):
 
     def edit_batch(self, lm: LanguageModel, requests: list[Request], progress=None) -> Patch:
         (request,) = requests
+        return self._patches(lm, [request], None)[0]
+
+    def edit_each(self, lm: LanguageModel, requests: Sequence[Request], progress=None) -> list[Patch]:
+        """Each request edited alone on the model as it is — one Patch per request, not composed — with
+        their values optimised side by side (each gets the result it gets alone: ``value.py``). For many
+        independent edits of one model (the sweep), far cheaper than one ``edit`` call per request."""
+        reqs = as_requests(requests)
+        return [record_outcomes(lm, p, [r]) for p, r in zip(self._patches(lm, reqs, progress), reqs)]
+
+    def _patches(self, lm: LanguageModel, requests: list[Request], progress) -> list[Patch]:
         hp = self.hparams
         layer = self.layer(lm)
-        C = second_moments(lm, [layer], hp.stats, progress)[layer] if hp.mom2_adjustment else None
+        C = second_moments(lm, [layer], hp.stats)[layer] if hp.mom2_adjustment else None
         templates = context_templates(lm, hp.context_spec, hp.context_seed)
-        (res,) = compute_values(lm, layer, [request], templates, (hp.kl_prompt,), hp.value)
-
+        results = compute_values(lm, layer, requests, templates, (hp.kl_prompt,), hp.value, token=hp.token, progress=progress)
         weight_name = lm.layout.weight_name(layer)
         W = lm.model.get_parameter(weight_name).detach()
         W_math = W.T if lm.layout.mlp_out_transposed else W  # (out, in)
+        return [self._patch(lm, layer, weight_name, W_math, C, request, res) for request, res in zip(requests, results)]
+
+    def _patch(self, lm: LanguageModel, layer: int, weight_name: str, W_math, C, request: Request, res) -> Patch:
+        hp = self.hparams
         v_star = res.v0 + res.delta
         r, u = rank_one_update(W_math, C, res.k_star, v_star)
         r, u = r.to(torch.float32)[:, None], u.to(torch.float32)[:, None]
@@ -121,6 +143,7 @@ class ROME(LLMMethod):
         info = {
             "layer": layer,
             "layer_reason": self.layer_reason(lm),
+            "token": hp.token,
             "module": lm.layout.mlp_out[layer],
             "gradient_steps": res.steps,
             "loss_first": res.losses[0] if res.losses else None,

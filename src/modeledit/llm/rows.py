@@ -13,14 +13,14 @@ import torch
 from modeledit.errors import RequestError
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request, fill
-from modeledit.llm.tokens import encode_continuation, last_subject_token, pad_right
+from modeledit.llm.tokens import encode_continuation, last_subject_token, pad_right, token_position, token_span
 
 
 @dataclass
 class Rows:
     input_ids: torch.Tensor  # (rows, width), right-padded
     attention_mask: torch.Tensor
-    subject_pos: torch.Tensor  # (rows,) index of the last subject token
+    site: torch.Tensor  # (rows,) the edit site: the last subject token, or the token class asked for
     row_request: torch.Tensor  # (rows,) which request a row belongs to
     is_kl: torch.Tensor  # (rows,) bool: a KL row (else a rewrite row)
     target_ids: torch.Tensor  # (n_target,) the target tokens of every rewrite row
@@ -42,17 +42,24 @@ class Rows:
         return first.nonzero()[:, 0]
 
 
-def subject_row(lm: LanguageModel, template: str, subject: str) -> tuple[str, int]:
-    """Fill ``template`` ('... {} ...') with the subject; return the text and its last subject token."""
+def subject_row(lm: LanguageModel, template: str, subject: str, token: str = "last_subject") -> tuple[str, int | None]:
+    """Fill ``template`` ('... {} ...') with the subject; return the text and its edit site: the last
+    subject token, or the position of another token class (``tokens.TOKEN_CLASSES``; None where absent)."""
     text = fill(template, subject)
-    end = template.index("{}") + len(subject)
-    return text, last_subject_token(lm.tokenizer, text, end)
+    start = template.index("{}")
+    if token == "last_subject":
+        return text, last_subject_token(lm.tokenizer, text, start + len(subject))
+    first, end = token_span(lm.tokenizer, text, start, start + len(subject))
+    return text, token_position(token, first, end - 1, len(lm.tokenizer(text)["input_ids"]))
 
 
 def build_rows(
-    lm: LanguageModel, requests: Request | Sequence[Request], templates: Sequence[str], kl_prompts: Sequence[str] = ("{} is a",)
+    lm: LanguageModel, requests: Request | Sequence[Request], templates: Sequence[str], kl_prompts: Sequence[str] = ("{} is a",),
+    token: str = "last_subject",
 ) -> Rows:
-    """The rows of one request or of many (request by request: its rewrite rows, then its KL rows)."""
+    """The rows of one request or of many (request by request: its rewrite rows, then its KL rows), with
+    the edit site at ``token`` (the last subject token; the sweep's other classes: ``tokens.TOKEN_CLASSES``).
+    A KL row without a token of that class (``{} is a`` has no further token) is edited at its last token."""
     requests = [requests] if isinstance(requests, Request) else list(requests)
     if templates[0] != "{}":
         raise ValueError("the first context template must be the bare '{}' (its row gives the value v₀)")
@@ -61,8 +68,10 @@ def build_rows(
         # the target is tokenised once, after the bare prompt, exactly as evaluation scores it
         _, t = encode_continuation(lm.tokenizer, request.text, request.target)
         for ctx in templates:
-            text, s = subject_row(lm, fill(ctx, request.prompt), request.subject)
+            text, s = subject_row(lm, fill(ctx, request.prompt), request.subject, token)
             p = lm.tokenizer(text)["input_ids"]
+            if s is None:
+                raise RequestError("token", f"{text!r} has no {token.replace('_', ' ')} token: edit it at another position")
             if s >= len(p):
                 raise RequestError("subject", f"{request.subject!r} must occur before the target in {text!r}")
             r = len(seqs)
@@ -74,8 +83,9 @@ def build_rows(
             t_rows.extend([r] * len(t))
             t_cols.extend(range(len(p) - 1, len(p) - 1 + len(t)))
         for kp in kl_prompts:
-            text, s = subject_row(lm, kp, request.subject)
+            text, s = subject_row(lm, kp, request.subject, token)
             ids = lm.tokenizer(text)["input_ids"]
+            s = len(ids) - 1 if s is None else s
             seqs.append(ids)
             subj.append(s)
             owner.append(q)

@@ -37,6 +37,31 @@ def token_span(tokenizer, text: str, start: int, end: int) -> tuple[int, int]:
     return min(len(tokenizer(text[:start])["input_ids"]), last - 1), last
 
 
+# the token positions of the ROME paper's edit sweep (its Figure of edits at each layer and token)
+TOKEN_CLASSES = ("first_subject", "middle_subject", "last_subject", "first_after", "further", "last")
+
+
+def token_position(token: str, first: int, last: int, prompt_len: int) -> int | None:
+    """The position of class ``token`` in a prompt of ``prompt_len`` tokens whose subject spans tokens
+    ``first..last``: the subject's first, middle (strictly inside it) or last token, the first token after
+    it, a further token (the middle of those after the first one after it, the last excluded), or the
+    prompt's last token; None where the prompt has no such token (a one-token subject has no middle)."""
+    if token not in TOKEN_CLASSES:
+        raise RequestError("token", f"{token!r} is not a token position; choose one of {', '.join(TOKEN_CLASSES)}")
+    end = prompt_len - 1
+    if token == "first_subject":
+        return first
+    if token == "middle_subject":
+        return (first + last) // 2 if last - first >= 2 else None
+    if token == "last_subject":
+        return last
+    if token == "first_after":
+        return last + 1 if last + 1 <= end else None
+    if token == "further":
+        return (last + 2 + end - 1) // 2 if last + 2 <= end - 1 else None
+    return end
+
+
 def last_subject_token(tokenizer, text: str, subject_end: int) -> int:
     """Index of the token that holds the last character of the subject (which ends at char ``subject_end``)."""
     return token_span(tokenizer, text, subject_end - 1, subject_end)[1] - 1

@@ -50,7 +50,7 @@ def tune_on_targets(
     t0 = time.perf_counter()
     rows = build_rows(lm, list(requests), ["{}"], ())
     n = rows.n_requests
-    split = split_rows(rows.input_ids, rows.attention_mask, torch.zeros_like(rows.subject_pos))
+    split = split_rows(rows.input_ids, rows.attention_mask, torch.zeros_like(rows.site))
     pf = PartialForward(lm, lowest_layer, split)
     t_rows, t_cols = rows.target_rows, rows.target_cols
     per_request = torch.bincount(t_rows, minlength=n).float()

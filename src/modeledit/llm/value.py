@@ -130,12 +130,12 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
     site = proj if at == "mlp_out" else layout.blocks[layer]
     n, R = rows.n_requests, rows.input_ids.shape[0]
     dev = rows.input_ids.device
-    split = split_rows(rows.input_ids, rows.attention_mask, rows.subject_pos, getattr(lm.config, "sliding_window", None))
+    split = split_rows(rows.input_ids, rows.attention_mask, rows.site, getattr(lm.config, "sliding_window", None))
     pf = PartialForward(lm, layer, split)
 
     every = torch.arange(R, device=dev)
     owner = rows.row_request
-    subj_col = split.cols(every, rows.subject_pos)  # (R,) in suffix columns
+    site_col = split.cols(every, rows.site)  # (R,) in suffix columns
     t_rows, t_cols = rows.target_rows, split.cols(rows.target_rows, rows.target_cols)
     k_rows = rows.kl_rows
     k_cols = split.cols(k_rows, rows.kl_cols)
@@ -173,10 +173,10 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         hidden = pf.first(hooks)
         _, p_before, kl_init, _ = scores(hidden, every)
     first = rows.first_rows
-    v0 = rec_site.output[first, subj_col[first]].float()  # (n, hidden)
+    v0 = rec_site.output[first, site_col[first]].float()  # (n, hidden)
     k_star = k_prompt = None
     if at == "mlp_out":
-        keys = rec_proj.input[every, subj_col].float()
+        keys = rec_proj.input[every, site_col].float()
         k_star = _per_request(keys[rewrite], owner[rewrite], row_weight[rewrite][:, None], n)
         k_prompt = keys[first]
     if not (torch.isfinite(v0).all() and torch.isfinite(kl_init).all() and (k_star is None or torch.isfinite(k_star).all())):
@@ -195,7 +195,7 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
 
     def add_delta(out):
         i = torch.arange(len(kept), device=dev)
-        return out.index_put((i, subj_col[kept]), out[i, subj_col[kept]] + delta[owner[kept]].to(out.dtype))
+        return out.index_put((i, site_col[kept]), out[i, site_col[kept]] + delta[owner[kept]].to(out.dtype))
 
     with computing_in(model, hp.precision), frozen_weights(model), eager_attention(model):
         if resolve_precision(hp.precision, dev) != "float32":
@@ -267,13 +267,15 @@ def compute_values(
     hp: ValueHyperParams,
     *,
     at: str = "mlp_out",
+    token: str = "last_subject",
     chunk: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[ValueResult]:
     """``optimise_values`` over ``requests``, ``chunk`` requests per batch. The batches are cut from the
     requests ordered by the length of what follows their subject (prompt and target), so that a batch's
     rows have suffixes of about one length and little of each pass is padding (the requests are
-    independent: the order changes no result); the results come back in the requests' order."""
+    independent: the order changes no result); the results come back in the requests' order. ``token``:
+    the edit site's token class (the last subject token; the sweep's others: ``tokens.TOKEN_CLASSES``)."""
     def tail(r: Request) -> int:
         return len(lm.tokenizer(r.prompt.split("{}", 1)[1] + r.target, add_special_tokens=False)["input_ids"])
 
@@ -282,7 +284,7 @@ def compute_values(
     done = 0
     for b in range(0, len(order), chunk):
         idx = order[b : b + chunk]
-        rows = build_rows(lm, [requests[i] for i in idx], templates, kl_prompts)
+        rows = build_rows(lm, [requests[i] for i in idx], templates, kl_prompts, token)
         for i, v in zip(idx, optimise_values(lm, layer, rows, hp, at)):
             out[i] = v
         done += len(idx)

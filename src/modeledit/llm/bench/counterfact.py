@@ -7,6 +7,9 @@
 - Paraphrase: the same on paraphrases. Neighbourhood: on prompts about other subjects that share the
   true answer, does the true answer beat the new one?
 - Magnitudes: the differences of token-mean probabilities exp(mean log-prob).
+- Neighbourhood kept: the share of the neighbourhood answers' tokens (teacher-forced on the true answer)
+  whose top-1 prediction is the unedited model's (EasyEdit's locality; zsRE's specificity): unlike NS, it
+  counts any drift of the neighbours, not only a flip to the new answer (100 for the unedited model).
 - Score S: harmonic mean of ES, PS, NS. Generation entropy GE: n-gram entropy of free generations.
 
 The short form (``../shared/data/counterfact-*.json``: one rephrase and one neighbourhood prompt) has no
@@ -34,6 +37,7 @@ METRICS = (
     "paraphrase_magnitude",
     "neighborhood_score",
     "neighborhood_magnitude",
+    "neighborhood_kept",
     "score",
     "generation_entropy",
 )
@@ -103,7 +107,8 @@ class CounterFact:
         return [case.request]
 
     def score(self, lm: LanguageModel, case: CounterFactCase, reference: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Case-level metrics as fractions (the summary multiplies by 100)."""
+        """Case-level metrics as fractions (the summary multiplies by 100); ``reference``: the unedited
+        model's score of the case (None when scoring it)."""
         new, true = case.request.target, case.request.target_true
         groups = {
             "efficacy": [case.request.text],
@@ -113,10 +118,13 @@ class CounterFact:
         pairs = [(p, a) for ps in groups.values() for p in ps for a in (new, true)]
         scored = iter(score_continuations(lm, pairs))
         out: dict[str, Any] = {}
+        top1: list[list[int]] = []
         for g, prompts in groups.items():
             wins, mags = [], []
             for _ in prompts:
                 s_new, s_true = next(scored), next(scored)
+                if g == "neighborhood":
+                    top1.append(list(s_true.top1))
                 v_new, v_true = (s_new.mean_logprob, s_true.mean_logprob) if self.compare == "mean" else (s_new.logprob, s_true.logprob)
                 if g == "neighborhood":
                     wins.append(float(v_true > v_new))
@@ -126,6 +134,10 @@ class CounterFact:
                     mags.append(s_new.mean_prob - s_true.mean_prob)
             out[f"{g}_score"] = mean(wins)
             out[f"{g}_magnitude"] = mean(mags)
+        same = top1 if reference is None else reference.get("neighborhood_top1")
+        if top1 and same is not None:
+            out["neighborhood_kept"] = mean(sum(a == b for a, b in zip(t, u)) / len(t) for t, u in zip(top1, same))
+        out["neighborhood_top1"] = top1
         if self.gen_tokens > 0 and case.generation_prompts:
             seed = self.gen_seed + zlib.crc32(str(case.case_id).encode())
             gens = lm.generate(list(case.generation_prompts), self.gen_tokens, do_sample=True, top_k=5, seed=seed)
