@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) \
 	  || echo "note: could not install dataset-fashion-mnist (apt, as root); classifier tests on it will be skipped"
+	# Debian's chromium for the browser tests of `modeledit ui` (Playwright drives it; it cannot download its own here)
+	@test -x /usr/bin/chromium \
+	  || apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+	  || echo "note: could not install chromium (apt, as root); the browser tests of the UI will be skipped"
 	touch $@
 
 install: $(VENV)/.installed

@@ -94,6 +94,37 @@ def test_a_case_is_scored_with_its_whole_batch_applied(tiny_factory, data, tmp_p
     assert summary["edits_not_taken"] == sum(1 for r in records for e in r["edit"] if e["took"] is False)
 
 
+def test_one_case_batches_computed_side_by_side_equal_one_by_one(tiny_factory, tmp_path, monkeypatch):
+    """ROME at batch size 1: the loop computes 16 cases' edits side by side (edit_each); each case's
+    record is what editing it alone gives."""
+    from modeledit import get_method
+    from test_sweep import CASES
+
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
+    lm = tiny_factory("llama")
+    f = tmp_path / "cf.json"
+    f.write_text(json.dumps(CASES * 2))  # four cases (ids repeat: give them new ones)
+    records = json.loads(f.read_text())
+    for i, r in enumerate(records):
+        r["case_id"] = i
+    f.write_text(json.dumps(records))
+    settings = dict(layer=1, stats_tokens=3000, context_spec=((5, 2),), steps=4)
+    side = evaluate(lm, f, tmp_path / "side", method=get_method("rome", **settings))
+    alone_method = get_method("rome", **settings)
+    alone_method.edit_each = None  # the loop then edits each case on its own
+    alone = evaluate(lm, f, tmp_path / "alone", method=alone_method)
+    a = [json.loads(x) for x in (tmp_path / "side" / "cases.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "alone" / "cases.jsonl").read_text().splitlines()]
+    assert [r["case_id"] for r in a] == [r["case_id"] for r in b] == [0, 1, 2, 3]
+    for x, y in zip(a, b):
+        for k, v in y["post"].items():
+            if isinstance(v, float):
+                assert x["post"][k] == pytest.approx(v, abs=1e-3), k
+        assert x["edit"][0]["took"] == y["edit"][0]["took"]
+    assert side["post"]["efficacy_score"] == alone["post"]["efficacy_score"]
+    assert len({r["seconds"] for r in a}) == 1 and len({r["seconds"] for r in b}) == 4  # one shared time: side by side
+
+
 def test_counterfact_compares_token_mean_log_probabilities_by_default(tiny_factory, tmp_path):
     """'mean' (the papers') and 'sum' differ exactly where answers of different lengths are compared."""
     lm = tiny_factory("llama")

@@ -289,6 +289,10 @@ def test_alphaedit_writes_only_in_the_null_space_of_the_preserved_keys():
     C = U @ torch.diag(spectrum) @ U.T
     P, rank = null_space_projector(C, 1e-2)
     assert rank == 6
+    # by energy: the smallest directions holding at most 0.1% of the trace are the same six (6e-4 of 33.0)
+    P_e, rank_e = null_space_projector(C, 1e-2, energy=1e-3)
+    assert rank_e == 6 and torch.allclose(P_e, P, atol=1e-10)
+    assert null_space_projector(C, 1e-2, energy=1e-5)[1] == 3 and null_space_projector(C, 1e-2, energy=1e-6)[1] == 0
     keys, resid = torch.randn(n, d_in), torch.randn(n, d_out)
     earlier = torch.randn(d_in, 3, dtype=torch.float64)
     R, A = alphaedit_update(resid, keys, P, earlier @ earlier.T, 10.0)

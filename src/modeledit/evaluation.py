@@ -57,20 +57,12 @@ def run_evaluation(
     if done:
         log.info("resuming: %d of %d cases already done", done, len(cases))
     batches = cut_batches(cases, batch_size, bench.requests)
-    for b, batch in enumerate(batches):
-        todo = [c for c in batch if c.case_id not in caselog.done]
-        if not todo:
-            continue
+    todo_of = lambda batch: [c for c in batch if c.case_id not in caselog.done]  # noqa: E731
+    for b, batch, edit, error, seconds in batch_edits(lm, method, bench, batches, todo_of):
+        todo = todo_of(batch)
         per_case = [bench.requests(c) for c in batch]
         requests = [r for rs in per_case for r in rs]
         pre = {c.case_id: (known_pre or {}).get(c.case_id) or bench.score(lm, c) for c in todo}
-        t0 = time.perf_counter()
-        try:
-            edit, error = method.edit(lm, requests), None
-        except EditFailedError as exc:
-            edit, error = None, str(exc)
-            log.warning("cases %s: edit failed: %s", [c.case_id for c in batch], exc)
-        seconds = time.perf_counter() - t0
         first = 0
         owned = {}
         for c, rs in zip(batch, per_case):
@@ -127,6 +119,44 @@ def run_evaluation(
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+EACH_CHUNK = 16  # one-request batches whose edits a method computes side by side (edit_each)
+
+
+def batch_edits(lm: Any, method: Any, bench: Any, batches: Sequence[list[Any]], todo_of: Callable[[list[Any]], list[Any]]):
+    """(index, batch, edit, error, seconds) for each batch with cases to do, in order: the batch's requests
+    edited in one edit from the model as it is. A method that can edit independent requests side by side
+    (``edit_each``: ROME) computes runs of one-request batches EACH_CHUNK at a time — each edit the one it
+    gets alone, the time shared out; if one of them fails, each is edited alone again."""
+    each = getattr(method, "edit_each", None)
+    pending = [(b, batch, [r for c in batch for r in bench.requests(c)]) for b, batch in enumerate(batches) if todo_of(batch)]
+    i = 0
+    while i < len(pending):
+        group = []
+        while each is not None and i + len(group) < len(pending) and len(group) < EACH_CHUNK and len(pending[i + len(group)][2]) == 1:
+            group.append(pending[i + len(group)])
+        if len(group) > 1:
+            t0 = time.perf_counter()
+            try:
+                edits = each(lm, [reqs[0] for _, _, reqs in group])
+            except EditFailedError as exc:
+                log.info("side by side, one of %d edits failed (%s): each edited alone", len(group), exc)
+            else:
+                share = (time.perf_counter() - t0) / len(group)
+                for (b, batch, _), e in zip(group, edits):
+                    yield b, batch, e, None, share
+                i += len(group)
+                continue
+        for b, batch, reqs in group or pending[i : i + 1]:
+            t0 = time.perf_counter()
+            try:
+                edit, error = method.edit(lm, reqs), None
+            except EditFailedError as exc:
+                edit, error = None, str(exc)
+                log.warning("cases %s: edit failed: %s", [c.case_id for c in batch], exc)
+            yield b, batch, edit, error, time.perf_counter() - t0
+        i += max(1, len(group))
 
 
 def cut_batches(cases: Sequence[Any], size: int, requests_of: Callable[[Any], Sequence[Any]]) -> list[list[Any]]:

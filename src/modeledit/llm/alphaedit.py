@@ -5,6 +5,7 @@ from the update every direction the corpus's keys use, so that, to first order, 
 moves at all. At each layer of the range (MEMIT's targets, residuals and spreading, ``memit.py``):
 
     P  = U₀U₀ᵀ, U₀ the eigenvectors of C = E[k kᵀ] whose eigenvalues are below ``nullspace_threshold``
+         (or, ``nullspace_energy``, the smallest ones holding at most that share of C's trace)
     ΔW = R Kᵀ P (P (K Kᵀ + K_p K_pᵀ) + λ I)⁻ᵀ        (solved in float64; λ = ``l2``)
 
 with K_p the keys of the edits made before (sequential editing: each batch is computed on the model holding
@@ -43,19 +44,26 @@ MEMORY = 2  # key states kept in memory per model (each: one d×d float64 matrix
 class AlphaEditHyperParams(MEMITHyperParams):
     nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the null space (the paper's value)
     l2: float = 10.0  # λ: the solve's ridge term (the paper's L2)
+    # instead of the threshold (None: the paper's): the null space is spanned by C's smallest eigenvectors that
+    # together hold at most this share of its trace — scale-free, for models whose key spectrum is flat
+    nullspace_energy: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.nullspace_energy is not None and not (isinstance(self.nullspace_energy, (int, float)) and 0 < self.nullspace_energy < 1):
+            raise RequestError("nullspace_energy", f"must be a share of the trace between 0 and 1, got {self.nullspace_energy!r}")
         for name in ("nullspace_threshold", "l2"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise RequestError(name, f"must be a positive finite number, got {v!r}")
 
 
-def null_space_projector(C: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
-    """(P, rank): the projector onto the span of C's eigenvectors with eigenvalues below ``threshold``."""
-    vals, vecs = torch.linalg.eigh(C.to(torch.float64))
-    small = vecs[:, vals < threshold]
+def null_space_projector(C: torch.Tensor, threshold: float, energy: float | None = None) -> tuple[torch.Tensor, int]:
+    """(P, rank): the projector onto the span of C's eigenvectors with eigenvalues below ``threshold`` —
+    or, with ``energy``, of its smallest eigenvectors whose eigenvalues sum to at most that share of the trace."""
+    vals, vecs = torch.linalg.eigh(C.to(torch.float64))  # ascending
+    keep = vals < threshold if energy is None else vals.cumsum(0) <= energy * vals.sum()
+    small = vecs[:, keep]
     return small @ small.T, small.shape[1]
 
 
@@ -94,9 +102,13 @@ class AlphaEdit(MEMIT):
 
     def projector(self, lm: LanguageModel, layer: int, C: torch.Tensor) -> tuple[torch.Tensor, int]:
         memo = lm.memo.setdefault("alphaedit_projectors", {})
-        key = (layer, self.hparams.nullspace_threshold, self.hparams.stats, lm.identity)
+        hp = self.hparams
+        key = (layer, hp.nullspace_threshold, hp.nullspace_energy, hp.stats, lm.identity)
         if key not in memo:
-            P, rank = null_space_projector(C, self.hparams.nullspace_threshold)
+            P, rank = null_space_projector(C, hp.nullspace_threshold, hp.nullspace_energy)
+            if rank == 0 and hp.nullspace_energy is not None:
+                raise RequestError("nullspace_energy", f"C's smallest eigenvalue at layer {layer} holds more than "
+                                   f"{hp.nullspace_energy} of its trace: raise it (the null space is empty)")
             if rank == 0:
                 raise RequestError("nullspace_threshold", f"no eigenvalue of layer {layer}'s key statistics is below "
                                    f"{self.hparams.nullspace_threshold} (smallest {float(torch.linalg.eigvalsh(C.double())[0]):.3g}): "
