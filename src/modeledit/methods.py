@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from modeledit.classifier.enn import ENN
 from modeledit.diffusion.imagic import Imagic
@@ -61,6 +61,35 @@ def get_method(name: str, **hparams: Any) -> Method:
         return cls(**hparams)
     except TypeError as exc:
         raise RequestError("hparams", f"{exc}; the hyper-parameters of {name} are the fields of {cls.HyperParams.__name__}") from exc
+
+
+def configured_method(name: str, layer: int | None = None, stats_tokens: int | None = None,
+                      corpus: Sequence[str] | None = None, settings: Sequence[str] = ()) -> Method:
+    """A method from the command line's options (and the UI's): ``--layer`` (``layer`` or a one-layer
+    ``layers``), ``--stats-tokens``, ``--corpus``, and ``--set name=value`` checked against its dataclass."""
+    from dataclasses import fields
+
+    from modeledit.llm.method import parse_settings
+
+    cls = method_class(name)
+    names = {f.name for f in fields(cls.HyperParams)}
+    out: dict[str, Any] = {}
+    if layer is not None:
+        if "layer" in names:
+            out["layer"] = layer
+        elif "layers" in names:
+            out["layers"] = (layer,)
+        else:
+            raise RequestError("layer", f"{name} takes no layer")
+    if stats_tokens is not None:
+        out["stats_tokens"] = stats_tokens
+    if corpus:
+        out["corpus"] = corpus[0] if len(corpus) == 1 else tuple(corpus)
+    unknown = [k for k in out if k not in names]
+    if unknown:
+        raise RequestError(unknown[0], f"{name} has no such hyper-parameter (its fields: {', '.join(sorted(names))})")
+    out.update(parse_settings(cls.HyperParams, list(settings or [])))
+    return get_method(name, **out)
 
 
 def method_class(name: str) -> type:

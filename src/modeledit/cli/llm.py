@@ -11,36 +11,13 @@ from rich.table import Table
 from modeledit.cli.common import _bar, _errors, _load, app, console, err
 from modeledit.cli.options import CORPUS, LAYER, METHOD, MODEL, SETTINGS, STATS_BAR, STATS_TOKENS
 
+
 def _method(name: str, layer: Optional[int] = None, stats_tokens: Optional[int] = None, corpus: Optional[list[str]] = None,
             settings: Optional[list[str]] = None):
     """The method, with the one-flag conveniences and ``--set name=value`` checked against its dataclass."""
-    from dataclasses import fields
+    from modeledit.methods import configured_method
 
-    from modeledit.errors import RequestError
-    from modeledit.llm.method import parse_settings
-    from modeledit.methods import get_method, method_class
-
-    cls = method_class(name)
-    names = {f.name for f in fields(cls.HyperParams)}
-    out: dict = {}
-    if layer is not None:
-        if "layer" in names:
-            out["layer"] = layer
-        elif "layers" in names:
-            out["layers"] = (layer,)
-        else:
-            raise RequestError("layer", f"{name} takes no layer")
-    if stats_tokens is not None:
-        out["stats_tokens"] = stats_tokens
-    if corpus:
-        out["corpus"] = corpus[0] if len(corpus) == 1 else tuple(corpus)
-    unknown = [k for k in out if k not in names]
-    if unknown:
-        raise RequestError(unknown[0], f"{name} has no such hyper-parameter (its fields: {', '.join(sorted(names))})")
-    out.update(parse_settings(cls.HyperParams, settings or []))
-    return get_method(name, **out)
-
-
+    return configured_method(name, layer, stats_tokens, corpus, settings or ())
 
 
 def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int = 10) -> None:

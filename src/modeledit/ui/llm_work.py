@@ -7,7 +7,6 @@ edits entered in order and left (restored exactly) before the lock is released."
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from typing import Any, Sequence
 
 from modeledit.errors import RequestError
@@ -21,21 +20,9 @@ STATS_BAR = "key statistics (once per model and layer)"
 def make_method(name: str, layer: int | None, settings: Sequence[str]):
     """The method with ``--layer`` and ``--set name=value`` checked against its dataclass (the CLI's rules
     and messages)."""
-    from modeledit.llm.method import parse_settings
-    from modeledit.methods import get_method, method_class
+    from modeledit.methods import configured_method
 
-    cls = method_class(name)
-    names = {f.name for f in fields(cls.HyperParams)}
-    out: dict[str, Any] = {}
-    if layer is not None:
-        if "layer" in names:
-            out["layer"] = layer
-        elif "layers" in names:
-            out["layers"] = (layer,)
-        else:
-            raise RequestError("layer", f"{name} takes no layer")
-    out.update(parse_settings(cls.HyperParams, settings))
-    return get_method(name, **out)
+    return configured_method(name, layer, settings=settings)
 
 
 def complete(ws: Workspace, lm: Any, model: str, held: Sequence[str], prompts: Sequence[str], tokens: int) -> list[str]:
