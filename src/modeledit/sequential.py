@@ -148,15 +148,21 @@ def plot_sequential(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: 
     keys = [k for k in CHART.get(bench, []) if k in runs[0][1][0]["post"]]
     extra = [k for k in ("perplexity", "known_retained") if "ability" in runs[0][1][0] and runs[0][1][0]["ability"].get(k) is not None]
     panels = keys + extra
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], panels):
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, k in zip(axes.ravel(), panels):
         for name, recs in runs:
             xs = [r["edits"] for r in recs]
             ys = [r["post"][k] if k in r["post"] else r["ability"][k] for r in recs]
             ax.plot(xs, ys, marker="o", label=name)
-        base = runs[0][1][0]["pre"].get(k) if k in keys else runs[0][1][0].get("ability_unedited", {}).get(k)
-        if base is not None:
-            ax.axhline(base, color="0.6", ls="--", lw=1, label="unedited")
+        first = runs[0][1]
+        if k in keys:  # the unedited model on the same cases: they grow with the edits, so a curve too
+            ax.plot([r["edits"] for r in first], [r["pre"][k] for r in first], color="k", ls="--", lw=1, zorder=5, label="unedited")
+        elif first[0].get("ability_unedited", {}).get(k) is not None:
+            ax.axhline(first[0]["ability_unedited"][k], color="k", ls="--", lw=1, zorder=5, label="unedited")
         ax.set_title(k.replace("_", " "), fontsize=9)
         ax.set_xlabel("edits")
     axes[0][0].legend(fontsize=7)
