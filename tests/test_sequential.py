@@ -79,9 +79,17 @@ def test_compare_sequential_draws_the_methods_in_one_plot(data, tokenizer, tmp_p
     torch.manual_seed(0)
     lm = LanguageModel(AutoModelForCausalLM.from_config(_configs(len(tokenizer))["llama"], dtype=torch.float32), tokenizer, "tiny-llama")
     quick = dict(layers=(1, 2), stats_tokens=3000, context_spec=((5, 2),), steps=8)
+    from modeledit.llm.bench.counterfact import CounterFact
+
+    calls, score = [], CounterFact.score
+    monkeypatch.setattr(CounterFact, "score", lambda self, *a, **k: (calls.append(1), score(self, *a, **k))[1])
     result = compare_sequential(lm, ["memit", "alphaedit"], data / "counterfact-val.json", tmp_path / "cmp", limit=4, batch_size=2,
                                 ability=Ability(["A short text to read."]),
                                 settings={"memit": quick, "alphaedit": {**quick, "nullspace_threshold": 10.0}})
     assert [[r["edits"] for r in recs] for recs in result["runs"].values()] == [[4], [4]]
     assert (tmp_path / "cmp" / "sequential.png").stat().st_size > 10_000
     assert (tmp_path / "cmp" / "memit" / "chain" / "00001.safetensors").exists()
+    # the unedited scores are computed once: 4 cases before, then 4 after the edits for each method
+    assert len(calls) == 4 + 4 + 4
+    pre = [(tmp_path / "cmp" / m / "pre.jsonl").read_text() for m in ("memit", "alphaedit")]
+    assert pre[0] == pre[1]

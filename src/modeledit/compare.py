@@ -132,11 +132,13 @@ def compare_sequential(
     bench = get_benchmark(benchmark)
     cases = bench.load(data, limit)
     out = Path(out_dir)
-    runs = {}
+    runs, known_pre = {}, {}  # the unedited model's scores: the same for every run, computed once
     for n in names:
         log.info("sequential comparison: %s", n)
-        runs[n] = run_sequential(lm, chosen[n], bench, cases, out / n, batch_size=batch_size, checkpoints=checkpoints, ability=ability,
-                                 progress=(lambda d, t, _n=n: progress(_n, d, t)) if progress else None)["checkpoints"]
+        result = run_sequential(lm, chosen[n], bench, cases, out / n, batch_size=batch_size, checkpoints=checkpoints, ability=ability,
+                                known_pre=known_pre, progress=(lambda d, t, _n=n: progress(_n, d, t)) if progress else None)
+        runs[n] = result["checkpoints"]
+        known_pre.update(result["pre"])
     plot_sequential(list(runs.items()), out / "sequential.png", f"{benchmark}, {lm.name}, edited in a row, batches of {batch_size}")
     result = {"benchmark": benchmark, "model": lm.name, "data": str(data), "batch_size": batch_size, "runs": runs}
     write_json(out / "sequential.json", result)

@@ -53,8 +53,11 @@ def run_sequential(
     batch_size: int,
     checkpoints: Sequence[int] = (),
     ability: Any = None,
+    known_pre: dict[Any, dict[str, Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
+    """``known_pre``: the unedited model's scores of cases (by id) that another run of the same model and
+    benchmark settings has computed already (``compare_sequential`` passes them on), not computed again."""
     from modeledit.api import load_edit
 
     cps = check_plan(len(cases), batch_size, checkpoints)
@@ -68,7 +71,7 @@ def run_sequential(
     pre_log = CaseLog(out / "pre.jsonl")
     for c in cases:  # the unedited model's scores, once
         if c.case_id not in pre_log.done:
-            pre_log.write({"case_id": c.case_id, "pre": bench.score(lm, c)})
+            pre_log.write({"case_id": c.case_id, "pre": (known_pre or {}).get(c.case_id) or bench.score(lm, c)})
     pre = {r["case_id"]: r["pre"] for r in pre_log.records}
     cp_log = CaseLog(out / "checkpoints.jsonl", key="edits")
     if ability is not None and not ability.baseline:
@@ -104,7 +107,7 @@ def run_sequential(
     result = {"run": run, "checkpoints": records}
     write_json(out / "sequential.json", result)
     plot_sequential([(method.name, records)], out / "sequential.png", f"{bench.name}, {lm.name}, batches of {batch_size}")
-    return result
+    return {**result, "pre": pre}  # the unedited scores too, for the next run on the same cases
 
 
 def _due(cps: Sequence[int], done: int, batch_size: int) -> set[int]:
