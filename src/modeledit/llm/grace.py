@@ -133,30 +133,26 @@ def train_values(lm: LanguageModel, layer: int, requests: list[Request], hp: GRA
     opt = torch.optim.Adam([values], lr=hp.lr)
     per_request = torch.bincount(t_rows, minlength=n).float()
     active = torch.ones(n, dtype=torch.bool, device=dev)
-    kept = torch.arange(n, device=dev)  # rows still run
+    at = t_rows.clone()  # each key's row in the passes (-1 once its request has stopped)
     steps, loss_last = [hp.steps] * n, [float("nan")] * n
 
-    def replace(out):
-        pos = torch.full((n,), -1, dtype=torch.long, device=dev)
-        pos[kept] = torch.arange(len(kept), device=dev)
-        sel = pos[t_rows] >= 0
-        return out.index_put((pos[t_rows[sel]], cols[sel]), values[sel].to(out.dtype))
+    def replace(out):  # the keys' outputs become their values (``at`` as it is at each pass)
+        sel = at >= 0
+        return out.index_put((at[sel], cols[sel]), values[sel].to(out.dtype))
 
     with frozen_weights(model), eager_attention(model), Hooks(model) as hooks:
         pf.install(hooks)
         hooks.edit_output(proj, replace)
         for step in range(hp.steps + 1):
             opt.zero_grad(set_to_none=True)
-            pos = torch.full((n,), -1, dtype=torch.long, device=dev)
-            pos[kept] = torch.arange(len(kept), device=dev)
-            sel = pos[t_rows] >= 0
-            logp = torch.log_softmax(lm.logits(pf()[pos[t_rows[sel]], cols[sel]]).float(), -1)
+            sel = at >= 0
+            logp = torch.log_softmax(lm.logits(pf()[at[sel], cols[sel]]).float(), -1)
             nll = -logp.gather(1, t_ids[sel][:, None])[:, 0]
             loss = torch.zeros(n, device=dev).index_add(0, t_rows[sel], nll / per_request[t_rows[sel]])
             if not torch.isfinite(loss).all():
                 raise EditFailedError(f"GRACE's value training diverged (non-finite loss at step {step}); lower lr (now {hp.lr})")
             with torch.no_grad():
-                for i in kept.tolist():
+                for i in active.nonzero()[:, 0].tolist():
                     loss_last[i] = float(loss[i])
                 done = active & ((loss < hp.loss_stop) | (step == hp.steps))
                 for i in done.nonzero()[:, 0].tolist():
@@ -168,6 +164,9 @@ def train_values(lm: LanguageModel, layer: int, requests: list[Request], hp: GRA
                     break
                 kept = active.nonzero()[:, 0]
                 pf.select(kept)
+                row = torch.full((n,), -1, dtype=torch.long, device=dev)
+                row[kept] = torch.arange(len(kept), device=dev)
+                at = row[t_rows]
             loss[active].sum().backward()
             opt.step()
     return keys.detach(), final, t_rows.detach(), {"steps": steps, "loss_last": loss_last, "seconds": time.perf_counter() - t0}
