@@ -2,7 +2,8 @@
 
 The first N cases of counterfact-train.json (default 1,000), batches of B (default 100), each batch edited
 on the model holding every earlier one (``modeledit eval counterfact --sequential``); at each checkpoint
-every case edited so far is scored, with held-out perplexity and the known facts retained. Prints each
+every case edited so far is scored, with held-out perplexity and the known facts retained (the unedited
+model's scores and ability measured once, for every method, as ``modeledit compare --sequential`` does). Prints each
 method's table and the time per batch, checks AlphaEdit's targets and GRACE's neighbourhood after all the
 edits, and draws the curves of all methods in one plot. Resumable (even after kill -9): rerun the same
 command.
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import modeledit as me
 from modeledit.datafiles import data_dir
+from modeledit.llm.ability import default_ability
+from modeledit.llm.bench import get_benchmark
 from modeledit.report import write_json
-from modeledit.sequential import plot_sequential
+from modeledit.sequential import plot_sequential, run_sequential
 
 
 def main() -> None:
@@ -36,11 +39,15 @@ def main() -> None:
     data = data_dir(args.data, "counterfact-train.json")
     lm = me.load_model("smollm2-135m")
     cps = [int(c) for c in args.checkpoints.split(",") if int(c) <= args.cases]
-    runs, report = [], {}
+    bench = get_benchmark("counterfact")
+    cases = bench.load(data / "counterfact-train.json", args.cases)
+    ability = default_ability(data / "known_1000.json")
+    runs, report, known_pre = [], {}, {}  # the unedited scores and ability: measured once, for every method
     for name in args.methods.split(","):
         t = time.perf_counter()
-        result = me.evaluate(lm, data / "counterfact-train.json", Path(args.out) / name, method=name, limit=args.cases,
-                             batch_size=args.batch, sequential=True, checkpoints=cps, known=data / "known_1000.json")
+        result = run_sequential(lm, me.get_method(name), bench, cases, Path(args.out) / name, batch_size=args.batch,
+                                checkpoints=cps, ability=ability, known_pre=known_pre)
+        known_pre.update(result["pre"])
         recs = result["checkpoints"]
         runs.append((name, recs))
         print(f"\n{name}: edits, ES, PS, NS (unedited {recs[0]['pre']['neighborhood_score']:.1f}), neighbourhood kept, "

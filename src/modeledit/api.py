@@ -80,7 +80,8 @@ def evaluate(
     ``sequential=True``: the batches are edited one after another, each on the model holding the earlier
     ones, and every case edited so far is scored at each of ``checkpoints`` (numbers of edits; the last
     always), with held-out perplexity and the share of ``known`` facts (ROME's known_1000 format; default:
-    known_1000.json in the data directory when there) still answered; returns ``sequential.json``'s content."""
+    known_1000.json in the data directory when there) still answered; returns ``sequential.json``'s content and
+    the unedited model's scores of the cases (``pre``)."""
     from modeledit.evaluation import run_evaluation
     from modeledit.llm.bench import get_benchmark
 
