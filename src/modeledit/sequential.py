@@ -80,6 +80,7 @@ def run_sequential(
             write_json(base, ability.measure(lm))
         ability.baseline = _read(base)
     chain = out / "chain"
+    times = CaseLog(out / "batches.jsonl", key="batch")  # each batch's edit time, kept across resumes
     batches = [list(cases[b : b + batch_size]) for b in range(0, len(cases), batch_size)]
     done = 0
     with ExitStack() as held:
@@ -96,13 +97,16 @@ def run_sequential(
                 patch = method.edit(lm, requests)
                 seconds = time.perf_counter() - t0
                 patch.save(f)
+                times.write({"batch": i, "seconds": seconds})
                 log.info("batch %d (%d requests) edited in %.1f s", i, len(requests), seconds)
             held.enter_context(patch.applied(lm))
             done += len(batch)
             if progress:
                 progress(done, len(cases))
             if done in _due(cps, done, batch_size) and done not in cp_log.done:
-                cp_log.write(_checkpoint(lm, bench, cases[:done], pre, ability, done, i + 1, seconds))
+                spent = [r["seconds"] for r in times.records if r["batch"] <= i]
+                rec = _checkpoint(lm, bench, cases[:done], pre, ability, done, i + 1, seconds)
+                cp_log.write({**rec, "edit_seconds": sum(spent) if len(spent) == i + 1 else None})
     records = sorted(cp_log.records, key=lambda r: r["edits"])
     result = {"run": run, "checkpoints": records}
     write_json(out / "sequential.json", result)
