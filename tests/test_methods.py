@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import modeledit as me
 from modeledit import Patch, Request, RequestError, edit, get_method, list_methods, load_edit
 from modeledit.llm.method import as_requests, parse_settings
 from modeledit.llm.score import score_continuations
@@ -24,6 +25,7 @@ QUICK = {
     "ike": dict(k=8),  # and a small pool written by the test (small_pool)
     "mello": dict(max_hops=2),  # and a small prompt written by the test (mello_prompt)
     "grace": dict(layers=(1,)),
+    "mend": dict(),  # and an editor trained for a few steps by the test (mend_editor)
 }
 
 MELLO_PROMPT = """Question: What is the capital city of the country of citizenship of Ivanka Trump's spouse?
@@ -66,8 +68,15 @@ def small_pool(path):
     return str(path)
 
 
-def quick(name, tmp_path):
-    files = {"ike": lambda: {"pool": small_pool(tmp_path / "pool.json")}, "mello": lambda: {"prompt": mello_prompt(tmp_path / "mello.txt")}}
+def mend_editor(lm, tmp_path):
+    """A MEND editor for ``lm``, trained for a few steps on the small pool (MEND edits with a trained editor)."""
+    me.train_mend(lm, small_pool(tmp_path / "mend-pool.json"), tmp_path / "mend", max_steps=2, batch_size=2, val_every=1)
+    return str(tmp_path / "mend")
+
+
+def quick(name, tmp_path, lm=None):
+    files = {"ike": lambda: {"pool": small_pool(tmp_path / "pool.json")}, "mello": lambda: {"prompt": mello_prompt(tmp_path / "mello.txt")},
+             "mend": lambda: {"editor": mend_editor(lm, tmp_path)}}
     return {**QUICK.get(name, {}), **files.get(name, dict)()}
 
 
@@ -76,7 +85,7 @@ def _mean_target_logprob(lm, reqs):
 
 
 def test_the_registry_knows_each_family():
-    assert set(list_methods("llm")) == {"rome", "memit", "alphaedit", "grace", "ft-l", "ft-m", "lora", "ike", "mello"}
+    assert set(list_methods("llm")) == {"rome", "memit", "alphaedit", "grace", "ft-l", "ft-m", "lora", "ike", "mello", "mend"}
     assert list_methods("classifier") == ["enn"]
     assert set(list_methods("diffusion")) == {"repaint", "imagic"}
     for name in list_methods("llm"):
@@ -94,7 +103,7 @@ def test_every_lm_method_conforms(tiny_factory, tmp_path, monkeypatch, name):
     monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
     lm = tiny_factory("llama")
     before = state_bytes(lm.model)
-    method = get_method(name, **quick(name, tmp_path))
+    method = get_method(name, **quick(name, tmp_path, lm))
     method.prepare(lm)
     patch = method.edit(lm, REQS)
     kind = "weights" if isinstance(patch, Patch) else patch.kind

@@ -21,7 +21,7 @@ from modeledit.patch import Patch
 from modeledit.llm.request import Request
 from modeledit.llm.model import LanguageModel, load_model
 from modeledit.api import (compare, edit, evaluate, get_method, imagic, inpaint, list_methods, load_diffusion, load_edit, load_judge, sweep,
-                           trace, trace_facts)
+                           trace, trace_facts, train_mend)
 
 __all__ = [
     "DataError",
@@ -48,4 +48,5 @@ __all__ = [
     "sweep",
     "trace",
     "trace_facts",
+    "train_mend",
 ]

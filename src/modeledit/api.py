@@ -18,7 +18,7 @@ from modeledit.methods import get_method, list_methods
 from modeledit.patch import Patch
 
 __all__ = ["compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_edit", "load_judge", "load_model",
-           "sweep", "trace", "trace_facts"]
+           "sweep", "trace", "trace_facts", "train_mend"]
 
 JUDGE = Path(__file__).resolve().parent / "weights" / "fashion-judge"
 
@@ -96,6 +96,38 @@ def evaluate(
         return run_sequential(lm, m, bench, cases, out_dir, batch_size=size, checkpoints=checkpoints,
                               ability=default_ability(known if known is not None else _known_default()), progress=progress)
     return run_evaluation(lm, m, bench, cases, out_dir, batch_size=size, progress=progress, prepare_progress=prepare_progress)
+
+
+def train_mend(
+    lm: LanguageModel,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    form: str | None = None,
+    skip: int = 0,
+    limit: int | None = None,
+    install: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    **config: Any,
+) -> dict[str, Any]:
+    """Train MEND's editor for ``lm`` on cases ``skip`` .. ``skip + limit`` of a CounterFact or zsRE file
+    (``form``: "counterfact" or "zsre"; None: detected), the last tenth (at most ``val_size``) held out for
+    early stopping; resumable. ``config``: fields of ``MENDTrainConfig`` (the paper's defaults). Writes
+    ``out_dir/editor.safetensors`` (the best editor), ``checkpoint.safetensors``, ``curve.png`` and
+    ``train.json`` (returned); with ``install``, the editor becomes this model's default for
+    ``method="mend"``."""
+    from modeledit.errors import RequestError
+    from modeledit.llm.mend_data import load_training_cases, split_cases
+    from modeledit.llm.mend_train import MENDTrainConfig, train_editor
+
+    try:
+        cfg = MENDTrainConfig(**config)
+    except TypeError as exc:
+        raise RequestError("config", f"{exc}; MEND's training settings are the fields of MENDTrainConfig") from exc
+    cases, form = load_training_cases(data, form, skip, limit)
+    train, val = split_cases(cases, cfg.val_size, data)
+    info = {"file": Path(data).name, "form": form, "skip": skip, "limit": limit, "cases": len(cases)}
+    return train_editor(lm, train, val, out_dir, cfg, data=info, install=install, progress=progress)
 
 
 def _known_default() -> Path | None:

@@ -16,13 +16,14 @@ from modeledit.llm.ike import IKE
 from modeledit.llm.lora import LoRA
 from modeledit.llm.mello import MeLLo
 from modeledit.llm.memit import MEMIT
+from modeledit.llm.mend import MEND
 from modeledit.llm.rome import ROME
 
 
 class Method(Protocol):
     """A method has typed hyper-parameters (``HyperParams``, a dataclass with the paper's defaults), a
     ``family`` ("llm", "classifier", "diffusion"), may prepare per-model caches, and turns requests into
-    an edit: a Patch (ROME, MEMIT, FT, LoRA, ENN), an edit holding one (Imagic: UNet deltas and
+    an edit: a Patch (ROME, MEMIT, FT, LoRA, MEND, ENN), an edit holding one (Imagic: UNet deltas and
     embeddings), a codebook beside a layer that answers near its keys (GRACE), or, changing no weight, a context read before every prompt (IKE), a memory that answers
     questions by decomposition (MeLLo), or the edited output itself (RePaint: images). LM methods take one
     request or a sequence and say whether they edit a batch jointly (``joint``) or one request at a time."""
@@ -47,6 +48,7 @@ METHODS = MappingProxyType(
         "lora": LoRA,
         "ike": IKE,
         "mello": MeLLo,
+        "mend": MEND,
         "enn": ENN,
         "repaint": RePaint,
         "imagic": Imagic,

@@ -1,5 +1,5 @@
 """The command line: ``modeledit demo | edit | eval | compare | trace | trace-many | sweep | layer | stats |
-models | patch | classifier | diffusion | inpaint | imagic | ui``. A thin layer over ``modeledit.api``, one module per
+models | patch | mend | classifier | diffusion | inpaint | imagic | ui``. A thin layer over ``modeledit.api``, one module per
 family of commands; importing this package registers them all on ``app``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from modeledit.cli.common import app
-from modeledit.cli import llm, bench, trace, patch, classifier, diffusion, ui  # noqa: F401,E402  (registers the commands)
+from modeledit.cli import llm, bench, trace, patch, classifier, diffusion, mend, ui  # noqa: F401,E402  (registers the commands)
 
 __all__ = ["app", "main"]
 

@@ -86,6 +86,16 @@ class Hooks:
 
         self._handles.append(self._module(name).register_forward_hook(post))
 
+    def add_to_output(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Add ``fn(input)`` — computed from the module's first input — to its output (its first tensor):
+        a change beside a linear map, e.g. a low-rank weight delta applied without writing the weight."""
+
+        def post(_m, args, kwargs, out):
+            x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input", next(iter(kwargs.values()), None)))
+            return _with_first(out, _first(out) + fn(x))
+
+        self._handles.append(self._module(name).register_forward_hook(post, with_kwargs=True))
+
     def replace_input(self, name: str, hidden: torch.Tensor | Callable[[], torch.Tensor]) -> None:
         """Feed ``hidden`` (a tensor, or a function giving one at each pass) to the module in place of its first input."""
 

@@ -241,6 +241,13 @@ def find_layout(model: nn.Module) -> Layout:
     )
 
 
+def mlp_projections(model: nn.Module, layout: Layout, layer: int) -> dict[str, tuple[int, int, bool]]:
+    """The linear maps inside block ``layer``'s MLP, by module name: (in, out, transposed) of each
+    (GPT-2: c_fc, c_proj; Llama-style: gate, up, down), found by walking the MLP's module tree."""
+    mlp = layout.mlp[layer]
+    return {f"{mlp}.{n}": d for n, m in model.get_submodule(mlp).named_modules() if n and (d := _linear_dims(m)) is not None}
+
+
 # --------------------------------------------------------------------------------------------------
 # the loaded model
 

@@ -81,7 +81,7 @@ def _reason(info: dict[str, Any], hparams: dict[str, Any], index: int, greedy: b
         seen.append(f"the change reached the norm clamp ({clamp:g}× the value's norm)")
         if not key_gap:
             advice.append(f"a larger clamp (--set clamp_norm_factor={2 * clamp:g})")
-    advice.append("another layer (--layer)" if "layer" in info else "other layers (--set layers=...)")
+    advice.append(info.get("advice") or ("another layer (--layer)" if "layer" in info else "other layers (--set layers=...)"))
     line = "; ".join(what)
     if seen:
         line += " (" + ", ".join(seen) + ")"
