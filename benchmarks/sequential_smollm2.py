@@ -11,12 +11,13 @@ command.
     python benchmarks/sequential_smollm2.py [--cases 1000] [--batch 100] [--methods alphaedit,grace,memit,rome]
 
 A method may carry settings of its dataclass after "@" (";" between them), run and plotted as its own curve:
-``--methods alphaedit,alphaedit@nullspace_energy=0.01``.
+``--methods alphaedit,alphaedit@nullspace_energy=0.01,alphaedit@layers=[4,5,6,7,8,9,10]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import logging
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def main() -> None:
     cases = bench.load(data / "counterfact-train.json", args.cases)
     ability = default_ability(data / "known_1000.json")
     runs, report, known_pre = [], {}, {}  # the unedited scores and ability: measured once, for every method
-    for name in args.methods.split(","):
+    for name in re.split(r",(?![^\[]*\])", args.methods):  # commas inside [...] belong to a setting
         t = time.perf_counter()
         method_name, _, settings = name.partition("@")
         method = configured_method(method_name, settings=[s for s in settings.split(";") if s])

@@ -15,6 +15,7 @@ from modeledit.errors import (
     ModelNotFoundError,
     PatchError,
     RequestError,
+    ScaleError,
     UnsupportedModelError,
 )
 from modeledit.patch import Patch
@@ -33,6 +34,7 @@ __all__ = [
     "PatchError",
     "Request",
     "RequestError",
+    "ScaleError",
     "UnsupportedModelError",
     "compare",
     "edit",

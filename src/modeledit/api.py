@@ -66,6 +66,8 @@ def evaluate(
     sequential: bool = False,
     checkpoints: Sequence[int] = (),
     known: str | Path | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
     **hparams: Any,
@@ -81,9 +83,17 @@ def evaluate(
     ones, and every case edited so far is scored at each of ``checkpoints`` (numbers of edits; the last
     always), with held-out perplexity and the share of ``known`` facts (ROME's known_1000 format; default:
     known_1000.json in the data directory when there) still answered; returns ``sequential.json``'s content and
-    the unedited model's scores of the cases (``pre``)."""
+    the unedited model's scores of the cases (``pre``).
+
+    ``workers=N``: the batches are spread over N workers of a local Ray runtime; ``ray_address``: over the
+    workers of that Ray cluster (``pip install 'modeledit[scale]'``). Each worker loads the model as ``lm``
+    was loaded (by name or path); this process alone writes the results, so the run resumes as ever, and
+    the records are those of one process (in the order workers finish). Not with ``sequential``."""
     from modeledit.evaluation import run_evaluation
     from modeledit.llm.bench import get_benchmark
+    from modeledit.scale import RayRecords, check_workers
+
+    spread = check_workers(workers, ray_address, sequential=sequential)  # before any work
 
     bench = get_benchmark(benchmark, gen_tokens=gen_tokens, compare=compare, cot=cot)
     m = get_method(method, **hparams) if isinstance(method, str) else method
@@ -95,7 +105,8 @@ def evaluate(
 
         return run_sequential(lm, m, bench, cases, out_dir, batch_size=size, checkpoints=checkpoints,
                               ability=default_ability(known if known is not None else _known_default()), progress=progress)
-    return run_evaluation(lm, m, bench, cases, out_dir, batch_size=size, progress=progress, prepare_progress=prepare_progress)
+    return run_evaluation(lm, m, bench, cases, out_dir, batch_size=size, progress=progress, prepare_progress=prepare_progress,
+                          compute=RayRecords(workers, ray_address) if spread else None)
 
 
 def train_mend(
@@ -207,19 +218,26 @@ def trace_facts(
     *,
     limit: int | None = None,
     set_layer: bool = False,
+    workers: int | None = None,
+    ray_address: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     **config: Any,
 ) -> dict[str, Any]:
     """Trace the known facts of ``data`` (known_1000 format) that the model gets right, up to ``limit``
     of them; resumable. Writes ``aggregate.json`` and ``aggregate.png``; with ``set_layer``, stores the
-    layer where the MLP's effect at the last subject token peaks as ROME's default layer for this model."""
+    layer where the MLP's effect at the last subject token peaks as ROME's default layer for this model.
+    ``workers`` / ``ray_address``: the facts spread over Ray workers, as ``evaluate`` spreads cases."""
     from modeledit.llm.layer_choice import store_layer
     from modeledit.llm.trace import TraceConfig
     from modeledit.llm.trace_many import load_known, trace_many
     from modeledit.llm.trace_plot import aggregate_plot
 
+    from modeledit.scale import RayTraces, check_workers
+
+    spread = check_workers(workers, ray_address)
     facts = load_known(data)
-    aggregate = trace_many(lm, facts, out_dir, limit=limit, config=TraceConfig(**config), progress=progress)
+    aggregate = trace_many(lm, facts, out_dir, limit=limit, config=TraceConfig(**config), progress=progress,
+                           compute=RayTraces(workers, ray_address) if spread else None)
     aggregate_plot(aggregate, Path(out_dir) / "aggregate.png", title=f"Causal tracing of {lm.name}")
     if set_layer:
         layer = aggregate["mlp_peak_layer"]

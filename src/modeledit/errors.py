@@ -31,3 +31,7 @@ class PatchError(ModelEditError, ValueError):
 
 class DataError(ModelEditError, ValueError):
     """A benchmark or corpus file is missing or malformed."""
+
+
+class ScaleError(ModelEditError, RuntimeError):
+    """Work spread over workers could not run: Ray is not installed, a worker died, a cluster is unreachable."""

@@ -9,6 +9,10 @@ a weight patch, or an edit that changes no weight — the loop does not tell the
 
 A rerun skips the cases already written (a batch cut short is edited again — the same edit — and only
 its missing cases are scored) and refuses a directory that holds a run with other settings.
+
+The records may be computed elsewhere (``compute``: Ray workers, ``scale/evaluate.py``, each running
+``batch_records`` on its share of the batches); this process alone writes them, in whatever order they
+come, and the summary reads them in file order.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import logging
 import time
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from contextlib import closing
+from typing import Any, Callable, Iterator, Sequence
 
 from modeledit.errors import EditFailedError
 from modeledit.report import CaseLog, cost_summary, reset_peak_rss, start_run, write_json
@@ -36,9 +41,12 @@ def run_evaluation(
     known_pre: dict[Any, dict[str, Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
     prepare_progress: Callable[[int, int], None] | None = None,
+    compute: Callable[..., Iterator[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """``known_pre``: the unedited model's scores of cases (by case id) that another run of the same model
-    and benchmark settings has computed already (``compare`` passes them on), not computed again."""
+    and benchmark settings has computed already (``compare`` passes them on), not computed again.
+    ``compute``: what computes the cases' records, called as ``batch_records`` is (the default: here, in
+    this process; ``scale.evaluate.RayRecords``: on Ray workers)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         from modeledit.errors import RequestError
 
@@ -58,6 +66,45 @@ def run_evaluation(
         log.info("resuming: %d of %d cases already done", done, len(cases))
     batches = cut_batches(cases, batch_size, bench.requests)
     todo_of = lambda batch: [c for c in batch if c.case_id not in caselog.done]  # noqa: E731
+    # the one seam for spreading the work: ``compute`` gives the records of numbered batches (here, or on
+    # workers: ``scale.evaluate``); this process alone writes them, so the run resumes as it always does
+    with closing((compute or batch_records)(lm, method, bench, list(enumerate(batches)), todo_of, known_pre)) as stream:
+        for record in stream:
+            caselog.write(record)
+            done += 1
+            if progress:
+                progress(done, len(cases))
+    order = {c.case_id: i for i, c in enumerate(cases)}
+    records = sorted((r for r in caselog.records if r["case_id"] in order), key=lambda r: order[r["case_id"]])  # file order, however written
+    summary = {
+        "n": len(records),
+        "benchmark": bench.name,
+        "method": method.name,
+        "model": lm.name,
+        "batch_size": batch_size,
+        "protocol": (
+            f"cases edited in batches of {batch_size} (one edit of the batch's requests), each batch from the "
+            "unedited model (its edit undone before the next batch); 'pre' scores the unedited model, 'post' "
+            "the model holding the batch's edit; neighbourhood/specificity prompts are scored on each"
+        ),
+        **bench.summarize(records),
+        "batches": len(batches),
+        "failed_edits": sum(1 for r in records if r.get("error")),
+        "edits_not_taken": sum(1 for r in records for e in (r.get("edit") or []) if e.get("took") is False),
+        "cost": {**cost_summary(r["seconds"] for r in records), "gradient_steps_mean": _mean_steps(records),
+                 "score_seconds_per_case": _mean([r["score_seconds"] for r in records if "score_seconds" in r])},
+        "benchmark_config": bench.config(),
+        "hparams": hparams,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def batch_records(lm: Any, method: Any, bench: Any, batches: Sequence[tuple[int, list[Any]]],
+                  todo_of: Callable[[list[Any]], list[Any]], known_pre: dict[Any, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+    """The record of each case still to do (``todo_of``) of the numbered ``batches``, in order, each as soon
+    as it is scored: the batch's cases scored unedited, its requests edited in one edit, every case scored
+    with that edit applied; the edit is undone when the batch is done (or the caller stops early)."""
     for b, batch, edit, error, seconds in batch_edits(lm, method, bench, batches, todo_of):
         todo = todo_of(batch)
         per_case = [bench.requests(c) for c in batch]
@@ -85,70 +132,54 @@ def run_evaluation(
 
         if edit is None:
             for c in todo:  # a failed edit leaves the model unchanged
-                caselog.write(record(c, pre[c.case_id]))
+                yield record(c, pre[c.case_id])
         else:
             with edit.applied(lm):
                 for c in todo:
                     t1 = time.perf_counter()
                     post = bench.score(lm, c, pre[c.case_id])
-                    caselog.write({**record(c, post), "score_seconds": time.perf_counter() - t1})
-        done += len(todo)
-        if progress:
-            progress(done, len(cases))
-    wanted = {c.case_id for c in cases}
-    records = [r for r in caselog.records if r["case_id"] in wanted]
-    summary = {
-        "n": len(records),
-        "benchmark": bench.name,
-        "method": method.name,
-        "model": lm.name,
-        "batch_size": batch_size,
-        "protocol": (
-            f"cases edited in batches of {batch_size} (one edit of the batch's requests), each batch from the "
-            "unedited model (its edit undone before the next batch); 'pre' scores the unedited model, 'post' "
-            "the model holding the batch's edit; neighbourhood/specificity prompts are scored on each"
-        ),
-        **bench.summarize(records),
-        "batches": len(batches),
-        "failed_edits": sum(1 for r in records if r.get("error")),
-        "edits_not_taken": sum(1 for r in records for e in (r.get("edit") or []) if e.get("took") is False),
-        "cost": {**cost_summary(r["seconds"] for r in records), "gradient_steps_mean": _mean_steps(records),
-                 "score_seconds_per_case": _mean([r["score_seconds"] for r in records if "score_seconds" in r])},
-        "benchmark_config": bench.config(),
-        "hparams": hparams,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+                    yield {**record(c, post), "score_seconds": time.perf_counter() - t1}
 
 
 EACH_CHUNK = 16  # one-request batches whose edits a method computes side by side (edit_each)
 
 
-def batch_edits(lm: Any, method: Any, bench: Any, batches: Sequence[list[Any]], todo_of: Callable[[list[Any]], list[Any]]):
-    """(index, batch, edit, error, seconds) for each batch with cases to do, in order: the batch's requests
-    edited in one edit from the model as it is. A method that can edit independent requests side by side
-    (``edit_each``: ROME) computes runs of one-request batches EACH_CHUNK at a time — each edit the one it
-    gets alone, the time shared out; if one of them fails, each is edited alone again."""
-    each = getattr(method, "edit_each", None)
-    pending = [(b, batch, [r for c in batch for r in bench.requests(c)]) for b, batch in enumerate(batches) if todo_of(batch)]
-    i = 0
+def edit_groups(method: Any, bench: Any, batches: Sequence[tuple[int, list[Any]]],
+                todo_of: Callable[[list[Any]], list[Any]]) -> list[list[tuple[int, list[Any], list[Any]]]]:
+    """The numbered batches with cases to do, as (number, batch, requests), grouped as they are edited: a
+    method that can edit independent requests side by side (``edit_each``: ROME) takes runs of up to
+    EACH_CHUNK one-request batches at once; every other batch is a group of its own. Workers are given whole
+    groups (``scale/evaluate.py``), so each edit is computed as it is in one process."""
+    each = getattr(method, "edit_each", None) is not None
+    pending = [(b, batch, [r for c in batch for r in bench.requests(c)]) for b, batch in batches if todo_of(batch)]
+    groups, i = [], 0
     while i < len(pending):
-        group = []
-        while each is not None and i + len(group) < len(pending) and len(group) < EACH_CHUNK and len(pending[i + len(group)][2]) == 1:
-            group.append(pending[i + len(group)])
+        n = 0
+        while each and i + n < len(pending) and n < EACH_CHUNK and len(pending[i + n][2]) == 1:
+            n += 1
+        groups.append(pending[i : i + max(n, 1)])
+        i += max(n, 1)
+    return groups
+
+
+def batch_edits(lm: Any, method: Any, bench: Any, batches: Sequence[tuple[int, list[Any]]], todo_of: Callable[[list[Any]], list[Any]]):
+    """(number, batch, edit, error, seconds) for each of the numbered batches with cases to do, in order: the
+    batch's requests edited in one edit from the model as it is. A group of one-request batches
+    (``edit_groups``) is edited side by side (``edit_each``) — each edit the one it gets alone, the time
+    shared out; if one of them fails, each is edited alone again."""
+    for group in edit_groups(method, bench, batches, todo_of):
         if len(group) > 1:
             t0 = time.perf_counter()
             try:
-                edits = each(lm, [reqs[0] for _, _, reqs in group])
+                edits = method.edit_each(lm, [reqs[0] for _, _, reqs in group])
             except EditFailedError as exc:
                 log.info("side by side, one of %d edits failed (%s): each edited alone", len(group), exc)
             else:
                 share = (time.perf_counter() - t0) / len(group)
                 for (b, batch, _), e in zip(group, edits):
                     yield b, batch, e, None, share
-                i += len(group)
                 continue
-        for b, batch, reqs in group or pending[i : i + 1]:
+        for b, batch, reqs in group:
             t0 = time.perf_counter()
             try:
                 edit, error = method.edit(lm, reqs), None
@@ -156,7 +187,6 @@ def batch_edits(lm: Any, method: Any, bench: Any, batches: Sequence[list[Any]], 
                 edit, error = None, str(exc)
                 log.warning("cases %s: edit failed: %s", [c.case_id for c in batch], exc)
             yield b, batch, edit, error, time.perf_counter() - t0
-        i += max(1, len(group))
 
 
 def cut_batches(cases: Sequence[Any], size: int, requests_of: Callable[[Any], Sequence[Any]]) -> list[list[Any]]:

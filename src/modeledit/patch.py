@@ -350,9 +350,13 @@ def _module(model: Any) -> torch.nn.Module:
 
 def _parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
     try:
-        return model.get_parameter(name)
+        p = model.get_parameter(name)
     except AttributeError as exc:
         raise PatchError(f"the model has no parameter '{name}': this patch was made for another architecture") from exc
+    if p.device.type == "meta":
+        raise PatchError(f"parameter '{name}' is offloaded by the model's device map (not held on a device): a patch changes "
+                         "weights in place, so load the model with that layer on a device (a GPU or 'cpu')")
+    return p
 
 
 def _restore(model: torch.nn.Module, originals: Mapping[str, torch.Tensor]) -> None:

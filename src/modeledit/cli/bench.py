@@ -12,20 +12,22 @@ from rich.table import Table
 
 from modeledit.cli.common import _bar, _errors, _load, app, console, eval_app
 from modeledit.cli.llm import _method
-from modeledit.cli.options import (BATCH_SIZE, CHECKPOINTS, CORPUS, KNOWN, LAYER, LIMIT, METHOD, MODEL, RUN_OUT,
-                                    SEQUENTIAL, SETTINGS, STATS_BAR, STATS_TOKENS)
+from modeledit.cli.options import (BATCH_SIZE, CHECKPOINTS, CORPUS, DEVICE_MAP, DTYPE, KNOWN, LAYER, LIMIT, METHOD, MODEL,
+                                    RAY_ADDRESS, RUN_OUT, SEQUENTIAL, SETTINGS, STATS_BAR, STATS_TOKENS, WORKERS)
 
 
 def _eval(benchmark: str, data: Path, out: Path, model: str, method: str, limit, batch_size: int | str, layer, stats_tokens, corpus,
-          settings, **options) -> None:
+          settings, scale: dict, **options) -> None:
     from modeledit.api import evaluate
+    from modeledit.scale import check_workers
 
     with _errors():
         m = _method(method, layer, stats_tokens, corpus, settings)
-        lm = _load(model)
+        check_workers(scale["workers"], scale["ray_address"], sequential=bool(options.get("sequential")))  # before loading
+        lm = _load(model, scale["device_map"], scale["dtype"])
         with _bar(STATS_BAR, "tokens") as sbar, _bar("cases", "") as bar:
             summary = evaluate(lm, data, out, method=m, benchmark=benchmark, limit=limit, batch_size=batch_size, progress=bar,
-                               prepare_progress=sbar, **options)
+                               prepare_progress=sbar, workers=scale["workers"], ray_address=scale["ray_address"], **options)
         if options.get("sequential"):
             _print_sequential(summary, out)
             return
@@ -84,11 +86,15 @@ def eval_counterfact(
     sequential: bool = SEQUENTIAL,
     checkpoints: str = CHECKPOINTS,
     known: Optional[Path] = KNOWN,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
 ) -> None:
     """Edit the cases N at a time, each batch from the unedited model (or, --sequential, one after another),
     and score them (ES, PS, NS, S, GE), pre and post."""
     _eval("counterfact", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings,
-          gen_tokens=gen_tokens, compare=compare, **_seq(sequential, checkpoints, known))
+          _scale(workers, ray_address, device_map, dtype), gen_tokens=gen_tokens, compare=compare, **_seq(sequential, checkpoints, known))
 
 
 @eval_app.command("zsre")
@@ -106,9 +112,18 @@ def eval_zsre(
     sequential: bool = SEQUENTIAL,
     checkpoints: str = CHECKPOINTS,
     known: Optional[Path] = KNOWN,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
 ) -> None:
     """Edit the cases N at a time and score efficacy, paraphrase (top-1 token accuracy) and specificity."""
-    _eval("zsre", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings, **_seq(sequential, checkpoints, known))
+    _eval("zsre", data, out, model, method, limit, batch_size, layer, stats_tokens, corpus, settings,
+          _scale(workers, ray_address, device_map, dtype), **_seq(sequential, checkpoints, known))
+
+
+def _scale(workers: Optional[int], ray_address: Optional[str], device_map: Optional[str], dtype: str) -> dict:
+    return {"workers": workers, "ray_address": ray_address, "device_map": device_map, "dtype": dtype}
 
 
 
@@ -137,6 +152,10 @@ def eval_mquake(
     stats_tokens: Optional[int] = STATS_TOKENS,
     corpus: Optional[list[str]] = CORPUS,
     settings: list[str] = SETTINGS,
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
 ) -> None:
     """Edit the cases' facts N cases at a time and score edit-wise, multi-hop and hop-wise accuracy, unedited
     (original answers) and edited (new answers)."""
@@ -146,7 +165,8 @@ def eval_mquake(
         size = edits_per_batch.strip().lower()
         if size != "all" and not (size.isdigit() and int(size) > 0):
             raise RequestError("edits-per-batch", f"{edits_per_batch!r}: give a positive number of cases or 'all'")
-    _eval("mquake", data, out, model, method, limit, size if size == "all" else int(size), layer, stats_tokens, corpus, settings, cot=cot)
+    _eval("mquake", data, out, model, method, limit, size if size == "all" else int(size), layer, stats_tokens, corpus, settings,
+          _scale(workers, ray_address, device_map, dtype), cot=cot)
 
 
 @app.command("compare")
@@ -164,6 +184,8 @@ def compare_cmd(
     sequential: bool = typer.Option(False, "--sequential", help="Each method edits the batches in a row; their curves in one plot."),
     checkpoints: str = CHECKPOINTS,
     known: Optional[Path] = KNOWN,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
 ) -> None:
     """Run several methods on the same cases and write the comparison table and chart (--sequential: the curves)."""
     from modeledit.api import compare
@@ -180,7 +202,7 @@ def compare_cmd(
                 raise RequestError("set", f"{item!r}: write METHOD.name=value, e.g. memit.layers=6,7,8")
             per_method.setdefault(key.lower(), []).append(rest)
         hparams = {k: parse_settings(method_class(k).HyperParams, v) for k, v in per_method.items()}
-        lm = _load(model)
+        lm = _load(model, device_map, dtype)
         with ExitStack() as stack:
             bars: dict = {}
 

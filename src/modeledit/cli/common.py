@@ -8,6 +8,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from modeledit.errors import ModelEditError
@@ -36,7 +37,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except ModelEditError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")  # messages hold brackets (modeledit[scale], JSON)
         raise typer.Exit(2) from None
 
 
@@ -61,12 +62,12 @@ def _bar(description: str, unit: str = "") -> Iterator:
             shown["progress"].stop()
 
 
-def _load(model: str):
+def _load(model: str, device_map: str | None = None, dtype: str | None = None):
     from transformers.utils import logging as hf_logging
 
     from modeledit.llm.model import load_model
 
     hf_logging.disable_progress_bar()  # the CLI shows its own status line
     with err.status(f"loading {model} ..."):
-        return load_model(model)
+        return load_model(model, device_map=device_map, dtype=dtype)
 

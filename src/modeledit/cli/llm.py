@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from modeledit.cli.common import _bar, _errors, _load, app, console, err
-from modeledit.cli.options import CORPUS, LAYER, METHOD, MODEL, SETTINGS, STATS_BAR, STATS_TOKENS
+from modeledit.cli.options import (CORPUS, DEVICE_MAP, DTYPE, LAYER, METHOD, MODEL, RAY_ADDRESS, SETTINGS, STATS_BAR, STATS_TOKENS,
+                                    WORKERS)
 
 
 def _method(name: str, layer: Optional[int] = None, stats_tokens: Optional[int] = None, corpus: Optional[list[str]] = None,
@@ -114,6 +115,8 @@ def edit(
     save: Optional[Path] = typer.Option(None, help="Save the edit here (a weight patch or a codebook: .safetensors; an in-context edit: JSON)."),
     prompts: list[str] = typer.Option([], "--also", help="More prompts to complete before and after."),
     tokens: int = typer.Option(12, help="New tokens per completion."),
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
 ) -> None:
     """Edit one fact (or a file of them, as one batch) and show completions before and after; optionally save the patch."""
     from modeledit.errors import RequestError
@@ -130,7 +133,7 @@ def edit(
         else:
             raise RequestError("prompt", "give --prompt, --subject and --target (one fact), or --requests FILE.json")
         m = _method(method, layer, stats_tokens, corpus, settings)
-        lm = _load(model)
+        lm = _load(model, device_map, dtype)
         with _bar(STATS_BAR, "tokens") as bar:
             m.prepare(lm, bar)
         with _bar("editing", "requests") as bar, err.status("editing ..."):
@@ -180,18 +183,26 @@ def stats(
     layers: str = typer.Option(..., help="Comma-separated layer indices, e.g. 10 or 3,4,5."),
     tokens: int = typer.Option(100_000, help="Corpus tokens to estimate over."),
     corpus: Optional[list[str]] = typer.Option(None, help="Text files (default: the embedded Wikipedia leads)."),
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
 ) -> None:
-    """Collect (and cache) the key statistics C = E\\[k kᵀ] of several layers in one pass."""
+    """Collect (and cache) the key statistics C = E\\[k kᵀ] of several layers in one pass (--workers: the
+    corpus in shards over workers, their sums added)."""
     from modeledit.llm.stats import StatsConfig, second_moments
+    from modeledit.scale import RayMoments, check_workers
 
     with _errors():
         try:
             wanted = [int(x) for x in layers.split(",") if x.strip()]
         except ValueError:
             raise typer.BadParameter("give layer numbers separated by commas, e.g. 3,4,5", param_hint="--layers")
-        lm = _load(model)
+        spread = check_workers(workers, ray_address)
+        lm = _load(model, device_map, dtype)
         with _bar("key statistics", "tokens") as bar:
-            second_moments(lm, wanted, StatsConfig(corpus=tuple(corpus) if corpus else None, n_tokens=tokens), bar)
+            second_moments(lm, wanted, StatsConfig(corpus=tuple(corpus) if corpus else None, n_tokens=tokens), bar,
+                           collect=RayMoments(workers, ray_address) if spread else None)
         console.print(f"statistics of layers {wanted} cached")
 
 

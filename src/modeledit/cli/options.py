@@ -26,3 +26,7 @@ BATCH_SIZE = typer.Option(1, help="Cases edited together, in one edit (1: each c
 SEQUENTIAL = typer.Option(False, "--sequential", help=SEQ_HELP)
 CHECKPOINTS = typer.Option("", help=CP_HELP)
 KNOWN = typer.Option(None, help=KNOWN_HELP)
+WORKERS = typer.Option(None, "--workers", help="Spread the work over N workers of a local Ray runtime, each loading the model once (pip install 'modeledit\\[scale]').")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Spread the work over the workers of this Ray cluster (e.g. auto, or ray://HEAD:10001); with --workers, that many.")
+DEVICE_MAP = typer.Option(None, "--device-map", help="Spread the model over devices (accelerate): auto, balanced, or JSON of module name -> device (a GPU index, \"cpu\", \"disk\").")
+DTYPE = typer.Option("float32", "--dtype", help="Load the weights in float32, bfloat16 or float16.")

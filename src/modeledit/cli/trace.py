@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from modeledit.cli.common import _bar, _errors, _load, app, console, err
-from modeledit.cli.options import MODEL, SETTINGS
+from modeledit.cli.options import DEVICE_MAP, DTYPE, MODEL, RAY_ADDRESS, SETTINGS, WORKERS
 
 TRACE_KINDS = {"hidden": "hidden state", "mlp": "MLP window", "attn": "attention window"}
 
@@ -61,14 +61,21 @@ def trace_many(
     set_layer: bool = typer.Option(False, "--set-layer", help="Store the MLP peak as ROME's default layer for this model."),
     samples: int = typer.Option(10, help="Noisy runs per cell."),
     window: Optional[int] = typer.Option(None, help="Layers restored together for MLP/attention."),
+    workers: Optional[int] = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
 ) -> None:
     """Causal tracing over many known facts: average indirect effect per layer at the last subject token."""
     from modeledit.api import trace_facts
+    from modeledit.scale import check_workers
 
     with _errors():
-        lm = _load(model)
+        check_workers(workers, ray_address)
+        lm = _load(model, device_map, dtype)
         with _bar("known facts traced", "") as bar:
-            agg = trace_facts(lm, data, out, limit=limit, set_layer=set_layer, progress=bar, samples=samples, window=window)
+            agg = trace_facts(lm, data, out, limit=limit, set_layer=set_layer, workers=workers, ray_address=ray_address,
+                              progress=bar, samples=samples, window=window)
         console.print(f"{agg['n_traced']} known facts traced of {agg['facts_checked']} checked; mean p(answer) clean "
                       f"{agg['clean_prob_mean']:.3f}, corrupted {agg['corrupted_prob_mean']:.3f}")
         table = Table(title="average indirect effect at the last subject token")

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from modeledit.errors import PatchError
+from modeledit.llm.devices import module_device
 from modeledit.patch import Edit
 from modeledit.report import read_tensors, write_tensors
 
@@ -107,7 +108,7 @@ class CodebookEdit(Edit):
                 if getattr(module, "in_features", e.keys.shape[1]) != e.keys.shape[1]:
                     raise PatchError(f"'{e.module}' takes inputs of size {module.in_features}, the edit's keys are "
                                      f"{e.keys.shape[1]}: it was made for another model")
-                handles.append(module.register_forward_hook(_replace(e, lm.device)))
+                handles.append(module.register_forward_hook(_replace(e, module_device(lm.model, e.module))))
             lm.codebooks.append(self)
             yield self
         finally:

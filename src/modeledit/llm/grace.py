@@ -124,8 +124,9 @@ def train_values(lm: LanguageModel, layer: int, requests: list[Request], hp: GRA
     with torch.no_grad(), Hooks(model) as hooks:
         rec = hooks.record(proj, inputs=True, outputs=True)
         pf.first(hooks)
-        keys = rec.input[t_rows, cols].float()
-        values0 = rec.output[t_rows, cols].float()
+        # the layer's tensors live on its device (a device map may spread layers); the bookkeeping on `dev`
+        keys = rec.input[t_rows.to(rec.input.device), cols.to(rec.input.device)].float().to(dev)
+        values0 = rec.output[t_rows.to(rec.output.device), cols.to(rec.output.device)].float().to(dev)
     if not (torch.isfinite(keys).all() and torch.isfinite(values0).all()):
         raise EditFailedError("the unedited model produces non-finite activations on this request; check the model's dtype")
     values = values0.clone().requires_grad_(True)
@@ -138,7 +139,7 @@ def train_values(lm: LanguageModel, layer: int, requests: list[Request], hp: GRA
 
     def replace(out):  # the keys' outputs become their values (``at`` as it is at each pass)
         sel = at >= 0
-        return out.index_put((at[sel], cols[sel]), values[sel].to(out.dtype))
+        return out.index_put((at[sel].to(out.device), cols[sel].to(out.device)), values[sel].to(out.device, out.dtype))
 
     with frozen_weights(model), eager_attention(model), Hooks(model) as hooks:
         pf.install(hooks)
@@ -146,7 +147,7 @@ def train_values(lm: LanguageModel, layer: int, requests: list[Request], hp: GRA
         for step in range(hp.steps + 1):
             opt.zero_grad(set_to_none=True)
             sel = at >= 0
-            logp = torch.log_softmax(lm.logits(pf()[at[sel], cols[sel]]).float(), -1)
+            logp = torch.log_softmax(lm.logits(pf().to(dev)[at[sel], cols[sel]]).float(), -1).to(dev)
             nll = -logp.gather(1, t_ids[sel][:, None])[:, 0]
             loss = torch.zeros(n, device=dev).index_add(0, t_rows[sel], nll / per_request[t_rows[sel]])
             if not torch.isfinite(loss).all():

@@ -14,6 +14,7 @@ from dataclasses import asdict, fields, is_dataclass
 from typing import Any, Callable, Sequence
 
 from modeledit.errors import RequestError
+from modeledit.llm.devices import offloaded
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.outcome import record_outcomes
 from modeledit.llm.request import Request
@@ -27,6 +28,10 @@ def check_layers(lm: LanguageModel, layers, field: str = "layers") -> None:
     bad = [l for l in layers if not isinstance(l, int) or not 0 <= l < lm.layout.n_layers]
     if bad or not layers:
         raise RequestError(field, f"{list(layers)} is not a non-empty set of this model's layers 0..{lm.layout.n_layers - 1}")
+    away = offloaded(lm.model, [lm.layout.weight_name(l) for l in layers])
+    if away:
+        raise RequestError(field, f"{', '.join(away)} is offloaded by the device map (kept off the devices, read in for each pass): "
+                                  "an edit changes weights in place, so keep the layers it edits on a device (a GPU or 'cpu') in --device-map")
 
 
 def as_requests(requests: Request | Sequence[Request]) -> list[Request]:

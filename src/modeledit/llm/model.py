@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from modeledit.errors import ModelNotFoundError, UnsupportedModelError
+from modeledit.errors import ModelNotFoundError, RequestError, UnsupportedModelError
+from modeledit.llm.devices import dtype_name, input_device, parse_device_map, parse_dtype, stored
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +261,14 @@ def default_device() -> torch.device:
 class LanguageModel:
     """A causal LM, its tokenizer and its layout, with the few conveniences editing needs."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str):
+    def __init__(self, model: nn.Module, tokenizer, name: str, load_args: dict | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        # how load_model made it (name, device, dtype, device_map): what a worker process needs to load the
+        # same model (``scale``); None for a model built in memory
+        self.load_args = load_args
+        self.offload_dir = None  # the temporary folder of weights a device map offloaded to disk, if any
         self.layout = find_layout(model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -278,7 +283,9 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where token ids go in (the input embedding's device). A model spread over devices by a device map
+        computes each layer on its own device: ask ``devices.module_device`` for a layer's."""
+        return input_device(self.model)
 
     @property
     def config(self):
@@ -291,7 +298,7 @@ class LanguageModel:
         h = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
         with torch.no_grad():
             for name, p in self.model.named_parameters():
-                flat = p.detach().reshape(-1)
+                flat = stored(self.model, name).detach().reshape(-1)  # an offloaded weight: its kept copy
                 step = max(1, flat.numel() // 257)
                 sample = flat[::step][:257].to("cpu", torch.float64)
                 h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
@@ -347,14 +354,23 @@ def load_model(
     name: str = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
 ) -> LanguageModel:
     """Load a causal LM by packaged short name (``smollm2-135m``, ``gemma3-270m``), local path
-    (a model directory or a ``.gguf`` file), or hub name."""
+    (a model directory or a ``.gguf`` file), or hub name. ``dtype``: float32 (default), bfloat16 or
+    float16. ``device_map``: spread the model over devices with accelerate — "auto", "balanced", or a
+    dict (or its JSON text) of module name → device (a GPU index, "cpu", or "disk": offloaded, read in for
+    each pass); then ``device`` is not given. Layers an edit changes must be held on a device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFoundError("model name is empty: give a packaged name (" + ", ".join(PACKAGED) + "), a path or a hub name")
+    dtype = parse_dtype(dtype)
+    device_map = parse_device_map(device_map)
+    if device_map is not None and device is not None:
+        raise RequestError("device", "give either a device or a device map, not both")
+    load_args = {"name": name, "device": None if device is None else str(device), "dtype": dtype_name(dtype), "device_map": device_map}
     device = torch.device(device) if device is not None else default_device()
     path = Path(name).expanduser()
     if name in PACKAGED:
@@ -371,9 +387,14 @@ def load_model(
         source = path
     else:
         source = name  # a hub name
+    offload = None
+    placement = {}
+    if device_map is not None:
+        offload = tempfile.TemporaryDirectory(prefix="offload-", dir=_mkdir(cache_dir()))
+        placement = {"device_map": device_map, "offload_folder": offload.name}
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **placement)
     except (OSError, ValueError) as exc:
         if isinstance(source, Path):
             raise ModelNotFoundError(f"could not load the model in {source}: {exc}") from exc
@@ -381,5 +402,8 @@ def load_model(
             f"unknown model '{name}': not a packaged model ({', '.join(PACKAGED)}), not a local path, "
             f"and the hub could not provide it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         ) from exc
-    model.to(device)
-    return LanguageModel(model, tok, name)
+    if device_map is None:
+        model.to(device)
+    lm = LanguageModel(model, tok, name, load_args)
+    lm.offload_dir = offload  # removed with the model
+    return lm

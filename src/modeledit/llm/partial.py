@@ -150,5 +150,5 @@ class PartialForward:
         if self._all is None:
             raise RuntimeError("run PartialForward.first before selecting rows")
         split, kv, h_in = self._all
-        self.split, self.h_in = split.select(idx), h_in[idx]
-        self.kv = None if kv is None else [(k[idx], v[idx]) for k, v in kv]
+        self.split, self.h_in = split.select(idx), h_in[idx.to(h_in.device)]  # each layer's tensors on its own device
+        self.kv = None if kv is None else [(k[idx.to(k.device)], v[idx.to(v.device)]) for k, v in kv]

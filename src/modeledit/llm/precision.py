@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeledit.errors import RequestError
+from modeledit.llm.devices import input_device
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHOICES = ("auto", *PRECISIONS)  # auto: bfloat16 where the hardware multiplies it fast, else float32
@@ -70,13 +71,13 @@ def computing_in(model: nn.Module, precision: str) -> Iterator[None]:
     """Until the block ends, ``model``'s linear layers multiply in ``precision`` ("auto": see
     ``resolve_precision``) and return their input's dtype (a no-op for float32). Gradients flow to the
     inputs; the copies get none."""
-    dtype = PRECISIONS[resolve_precision(precision, next(model.parameters()).device)]
+    dtype = PRECISIONS[resolve_precision(precision, input_device(model))]
     swapped: list[tuple[nn.Module, object]] = []
     try:
         if dtype != torch.float32:
             for module in model.modules():
                 found = _linear_weights(module)
-                if found is None or found[0].dtype == dtype:
+                if found is None or found[0].dtype == dtype or found[0].device.type == "meta":  # offloaded: left as is
                     continue
                 w, b = found
                 w = w.detach().to(dtype).contiguous()

@@ -69,18 +69,18 @@ def rank_one_update(
     W: torch.Tensor, C: torch.Tensor | None, k_star: torch.Tensor, v_star: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, u) with ΔW = r uᵀ for W of shape (out, in): u = C⁻¹k*, r = (v* − W k*) / (uᵀ k*). In float64."""
-    k = k_star.to(torch.float64)
+    k = k_star.to(W.device, torch.float64)  # on the edited layer's device (device maps spread layers)
     if C is None:
         u = k.clone()
     else:
         try:
-            u = torch.linalg.solve(C.to(torch.float64), k)
+            u = torch.linalg.solve(C.to(W.device, torch.float64), k)
         except RuntimeError as exc:
             raise EditFailedError(
                 "the key statistics C are singular; collect them over more tokens (stats_tokens)"
             ) from exc
     denom = u @ k
-    r = (v_star.to(torch.float64) - W.to(torch.float64) @ k) / denom
+    r = (v_star.to(W.device, torch.float64) - W.to(torch.float64) @ k) / denom
     if not (torch.isfinite(u).all() and torch.isfinite(r).all()) or denom.abs() < 1e-12:
         raise EditFailedError("the rank-one update is not finite (C ill-conditioned?); collect statistics over more tokens")
     return r, u
@@ -153,7 +153,7 @@ class ROME(LLMMethod):
             "delta_norm_over_v0": float(res.delta.norm() / res.v0.norm()),
             "value_seconds": res.seconds,
             # how much of the change written at the averaged key reaches the prompt's own key (1: all of it)
-            "key_reach": float((u[:, 0].double() @ res.k_prompt.double()) / (u[:, 0].double() @ res.k_star.double())),
+            "key_reach": float((u[:, 0].double() @ res.k_prompt.to(u.device).double()) / (u[:, 0].double() @ res.k_star.to(u.device).double())),
             "precision": resolve_precision(hp.precision, lm.device),
         }
         log.info("ROME at layer %d: %d steps, p(target) %.3f -> %.3f", layer, res.steps, *res.target_prob)

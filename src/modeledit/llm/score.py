@@ -91,7 +91,7 @@ def _score(lm: LanguageModel, encoded: list[tuple[list[int], list[int]]], kv, ba
             pos = P + torch.arange(ids.shape[1], device=ids.device)[None].expand(n, -1)
             hidden = lm.run(ids, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)[0]
         logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
-        tok_lp = logp.gather(1, torch.tensor(tgt, device=lm.device)[:, None])[:, 0].cpu()
+        tok_lp = logp.gather(1, torch.tensor(tgt, device=logp.device)[:, None])[:, 0].cpu()  # the output layer's device
         top1 = logp.argmax(-1).cpu().tolist()
         sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, torch.tensor(owner), tok_lp.double())
         at = 0

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeledit.llm.corpus import Corpus, resolve_corpus
+from modeledit.llm.devices import module_device
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel, cache_dir
 from modeledit.llm.tokens import pad_right
@@ -77,27 +78,39 @@ def collect_second_moments(
     lm: LanguageModel, layers: Sequence[int], corpus: Corpus, cfg: StatsConfig, progress: Progress | None = None
 ) -> dict[int, tuple[torch.Tensor, int]]:
     """One pass over the corpus: {layer: (E[k kᵀ] as float64, number of tokens)}."""
+    batches = _batches(_tokenised(lm, corpus, cfg), cfg.batch_tokens)
+    sums, count = moment_sums(lm, layers, batches, progress)
+    return {l: (sums[l] / max(count, 1), count) for l in sums}
+
+
+@torch.no_grad()
+def moment_sums(
+    lm: LanguageModel, layers: Sequence[int], batches: Sequence[Sequence[Sequence[int]]], progress: Progress | None = None
+) -> tuple[dict[int, torch.Tensor], int]:
+    """Σ k kᵀ (float64, on each layer's device) over the tokens of ``batches`` (from ``_batches``), for every
+    layer in one pass, and the number of tokens. Sums of shards of the batches add up to the sums of all of
+    them (``scale.moments`` spreads the shards over workers)."""
     layers = sorted(set(layers))
-    seqs = _tokenised(lm, corpus, cfg)
-    total = sum(map(len, seqs))
+    total = sum(len(s) for b in batches for s in b)
     dim = lm.layout.intermediate_size
-    sums = {l: torch.zeros(dim, dim, dtype=torch.float64, device=lm.device) for l in layers}
+    where = {l: module_device(lm.model, lm.layout.mlp_out[l]) for l in layers}  # a device map may spread them
+    sums = {l: torch.zeros(dim, dim, dtype=torch.float64, device=where[l]) for l in layers}
     count, done = 0, 0
-    for batch in _batches(seqs, cfg.batch_tokens):
-        ids, mask = pad_right(batch, lm.tokenizer.pad_token_id, lm.device)
+    for batch in batches:
+        ids, mask = pad_right([list(s) for s in batch], lm.tokenizer.pad_token_id, lm.device)
         with Hooks(lm.model) as hooks:
             recs = {l: hooks.record(lm.layout.mlp_out[l], inputs=True, outputs=False) for l in layers}
             hooks.stop_after(lm.layout.mlp_out[layers[-1]])
             lm.run(ids, attention_mask=mask)
         keep = mask.bool()
         for l in layers:
-            k = recs[l].input[keep].to(torch.float32)
-            sums[l] += (k.T @ k).to(torch.float64)
+            k = recs[l].input[keep.to(recs[l].input.device)].to(torch.float32)
+            sums[l] += (k.T @ k).to(device=where[l], dtype=torch.float64)
         count += int(keep.sum())
         done += sum(map(len, batch))
         if progress:
             progress(done, total)
-    return {l: (sums[l] / max(count, 1), count) for l in layers}
+    return sums, count
 
 
 def second_moments(
@@ -105,8 +118,12 @@ def second_moments(
     layers: Sequence[int],
     cfg: StatsConfig = StatsConfig(),
     progress: Progress | None = None,
+    collect: Callable[..., dict[int, tuple[torch.Tensor, int]]] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """E[k kᵀ] for each layer, from the disk cache where present; the missing layers in one pass."""
+    """E[k kᵀ] for each layer (on the layer's device), from the disk cache where present; the missing layers
+    in one pass, by ``collect`` (default ``collect_second_moments``; ``scale.moments.RayMoments`` spreads the
+    pass over workers: the same result, cached under the same key)."""
+    collect = collect or collect_second_moments
     corpus = resolve_corpus(cfg.corpus)
     digest = lm.identity
     out: dict[int, torch.Tensor] = {}
@@ -114,18 +131,18 @@ def second_moments(
     for l in sorted(set(layers)):
         f = _cache_file(lm, digest, corpus, l, cfg)
         if f.exists():
-            out[l] = load_file(str(f))["mom2"].to(lm.device)
+            out[l] = load_file(str(f))["mom2"].to(module_device(lm.model, lm.layout.mlp_out[l]))
         else:
             missing.append(l)
     if missing:
         log.info("collecting statistics for layers %s over %d tokens of %s", missing, cfg.n_tokens, corpus.id)
-        for l, (c, n) in collect_second_moments(lm, missing, corpus, cfg, progress).items():
+        for l, (c, n) in collect(lm, missing, corpus, cfg, progress).items():
             f = _cache_file(lm, digest, corpus, l, cfg)
             f.parent.mkdir(parents=True, exist_ok=True)
             tmp = f.with_name(f.name + ".tmp")
             meta = {k: str(v) for k, v in asdict(cfg).items()} | {"tokens": str(n), "corpus": corpus.id}
             save_file({"mom2": c.to(torch.float32).cpu().contiguous()}, str(tmp), metadata=meta)
             tmp.replace(f)
-            out[l] = c.to(torch.float32)
+            out[l] = c.to(module_device(lm.model, lm.layout.mlp_out[l]), torch.float32)
     return out
 

@@ -10,9 +10,10 @@ to ``cases.jsonl`` (facts the model does not know are recorded too), so an inter
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -70,9 +71,11 @@ def trace_many(
     limit: int | None = None,
     config: TraceConfig = TraceConfig(),
     progress: Callable[[int, int], None] | None = None,
+    compute: Callable[..., Iterator[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Trace, in order, the facts the model knows until ``limit`` of them are traced (all if None);
-    write ``cases.jsonl`` and ``aggregate.json``; return the aggregate."""
+    write ``cases.jsonl`` and ``aggregate.json``; return the aggregate. ``compute``: what gives the facts'
+    records, called as ``fact_records`` is (default: here; ``scale.trace.RayTraces``: on Ray workers)."""
     noise = config.noise if config.noise is not None else subject_noise_level(lm, factor=config.noise_factor)
     window = config.window or default_window(lm.layout.n_layers)
     run = {"kind": "trace-many", "model": lm.name, "model_identity": lm.identity,
@@ -87,34 +90,45 @@ def trace_many(
         log.info("resuming: %d facts checked, %d traced", len(caselog.records), traced)
     if progress:
         progress(min(traced, wanted), wanted)
-    for b in range(0, len(todo), 32):
-        if traced >= wanted:
-            break
-        batch = todo[b : b + 32]
+    # the one seam for spreading the work: ``compute`` gives the records of the facts in order (here, or on
+    # workers: ``scale.trace``); this process alone writes them, up to the limit
+    if traced < wanted:
+        with closing((compute or fact_records)(lm, todo, fixed)) as stream:
+            for record in stream:
+                caselog.write(record)
+                if record["known"]:
+                    traced += 1
+                    if progress:
+                        progress(traced, wanted)
+                    if traced >= wanted:
+                        break
+    aggregate = aggregate_traces(caselog.records, lm.layout.n_layers)
+    aggregate.update(model=lm.name, noise=noise, window=window, samples=config.samples,
+                     facts_checked=len(caselog.records))
+    write_json(out / "aggregate.json", aggregate)
+    return aggregate
+
+
+def fact_records(lm: LanguageModel, facts: Sequence[KnownFact], config: TraceConfig) -> Iterator[dict[str, Any]]:
+    """The record of each fact, in order, computed as it is asked for: whether the model knows it (checked
+    32 facts at a time) and, if so, its trace at the last subject token and the last token (``config`` with
+    its noise and window fixed)."""
+    for b in range(0, len(facts), 32):
+        batch = facts[b : b + 32]
         for fact, known in zip(batch, knows(lm, batch)):
-            if traced >= wanted:
-                break
             record: dict[str, Any] = {"known_id": fact.known_id, "prompt": fact.prompt, "subject": fact.subject,
                                       "answer": fact.answer, "known": known}
             if known:
                 tp = prepare_prompt(lm, fact.prompt, fact.subject, fact.answer)
                 subject_last, last = tp.subject_span[1] - 1, tp.n_prompt - 1
-                res = trace(lm, fact.prompt, fact.subject, fact.answer, fixed, rows=[subject_last, last])
+                res = trace(lm, fact.prompt, fact.subject, fact.answer, config, rows=[subject_last, last])
                 record.update(
                     tokens=res.tokens, subject_span=res.subject_span, clean_prob=res.clean_prob,
                     corrupted_prob=res.corrupted_prob, seconds=res.seconds,
                     subject_last={k: g[res.rows.index(subject_last)] for k, g in res.grids.items()},
                     last={k: g[res.rows.index(last)] for k, g in res.grids.items()},
                 )
-                traced += 1
-            caselog.write(record)
-            if progress and known:
-                progress(traced, wanted)
-    aggregate = aggregate_traces(caselog.records, lm.layout.n_layers)
-    aggregate.update(model=lm.name, noise=noise, window=window, samples=config.samples,
-                     facts_checked=len(caselog.records))
-    write_json(out / "aggregate.json", aggregate)
-    return aggregate
+            yield record
 
 
 def aggregate_traces(records: Sequence[dict[str, Any]], n_layers: int) -> dict[str, Any]:

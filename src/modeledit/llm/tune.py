@@ -67,7 +67,8 @@ def tune_on_targets(
             pf.install(hooks)
             for step in range(steps + 1):
                 opt.zero_grad(set_to_none=True)
-                logits = lm.logits(pf()[t_rows, t_cols]).float()
+                # the output layer may sit on another device than the inputs (a device map)
+                logits = lm.logits(pf().to(t_rows.device)[t_rows, t_cols]).float().to(t_rows.device)
                 loss = -(torch.log_softmax(logits, -1).gather(1, rows.target_ids[:, None])[:, 0] * weight).sum()
                 if not torch.isfinite(loss):
                     raise EditFailedError(f"fine-tuning diverged (non-finite loss at step {step}); lower the learning rate (now {lr})")

@@ -121,6 +121,11 @@ def _per_request(values: torch.Tensor, owner: torch.Tensor, weight: torch.Tensor
     return torch.zeros((n, *values.shape[1:]), dtype=values.dtype, device=values.device).index_add(0, owner, values * weight)
 
 
+def _at(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``t[rows, cols]`` with the indices taken to ``t``'s device (a device-mapped layer's own)."""
+    return t[rows.to(t.device), cols.to(t.device)]
+
+
 def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperParams, at: str = "mlp_out") -> list[ValueResult]:
     """δ for every request of ``rows``, added at ``at`` = "mlp_out" (the MLP output projection, ROME) or
     "block" (the block's output, MEMIT) of ``layer``."""
@@ -156,9 +161,10 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         pos = torch.full((R,), -1, dtype=torch.long, device=dev)
         pos[keep_rows] = torch.arange(len(keep_rows), device=dev)
         sel_t, sel_k = pos[t_rows] >= 0, pos[k_rows] >= 0
-        at_t = hidden[pos[t_rows[sel_t]], t_cols[sel_t]]
-        at_k = hidden[pos[k_rows[sel_k]], k_cols[sel_k]]
-        logp = torch.log_softmax(lm.logits(torch.cat([at_t, at_k])).float(), dim=-1)
+        at_t = _at(hidden, pos[t_rows[sel_t]], t_cols[sel_t])
+        at_k = _at(hidden, pos[k_rows[sel_k]], k_cols[sel_k])
+        # the output layer may sit on another device than the inputs (a device map): the bookkeeping stays on `dev`
+        logp = torch.log_softmax(lm.logits(torch.cat([at_t, at_k])).float(), dim=-1).to(dev)
         tok = logp[: len(at_t)].gather(1, rows.target_ids[sel_t][:, None])[:, 0]
         row_lp = _per_request(tok, t_rows[sel_t], t_weight[sel_t], R)  # (R,), 0 for rows not kept
         mine = (pos[every] >= 0) & rewrite
@@ -173,12 +179,15 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         hidden = pf.first(hooks)
         _, p_before, kl_init, _ = scores(hidden, every)
     first = rows.first_rows
-    v0 = rec_site.output[first, site_col[first]].float()  # (n, hidden)
+    # keys, values and the delta live on the edit site's device (a device map may put it on another device
+    # than the inputs, where the rows' bookkeeping stays: `dev`)
+    v0 = _at(rec_site.output, first, site_col[first]).float()  # (n, hidden)
     k_star = k_prompt = None
     if at == "mlp_out":
-        keys = rec_proj.input[every, site_col].float()
-        k_star = _per_request(keys[rewrite], owner[rewrite], row_weight[rewrite][:, None], n)
-        k_prompt = keys[first]
+        keys = _at(rec_proj.input, every, site_col).float()
+        on = lambda t: t.to(keys.device)  # noqa: E731
+        k_star = _per_request(keys[on(rewrite)], on(owner)[on(rewrite)], on(row_weight)[on(rewrite)][:, None], n)
+        k_prompt = keys[on(first)]
     if not (torch.isfinite(v0).all() and torch.isfinite(kl_init).all() and (k_star is None or torch.isfinite(k_star).all())):
         raise EditFailedError("the unedited model produces non-finite activations on this request; check the model's dtype")
     del rec_proj, rec_site, hidden
@@ -193,9 +202,9 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
     steps, losses = [0] * n, [[] for _ in range(n)]
     p_after = p_before.clone()
 
-    def add_delta(out):
-        i = torch.arange(len(kept), device=dev)
-        return out.index_put((i, site_col[kept]), out[i, site_col[kept]] + delta[owner[kept]].to(out.dtype))
+    def add_delta(out):  # on the edit site's device
+        i, col = torch.arange(len(kept), device=out.device), site_col[kept].to(out.device)
+        return out.index_put((i, col), out[i, col] + delta[owner[kept].to(delta.device)].to(out.device, out.dtype))
 
     with computing_in(model, hp.precision), frozen_weights(model), eager_attention(model):
         if resolve_precision(hp.precision, dev) != "float32":
@@ -211,7 +220,7 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
                 tgt_lp, p_now, kl_new, sel = scores(pf(), kept)
                 kl_each = F.kl_div(kl_init[sel], kl_new, log_target=True, reduction="none").sum(-1)
                 kl = _per_request(kl_each, owner[k_rows[sel]], k_weight[sel], n)
-                decay = hp.weight_decay * delta.norm(dim=1) / v0_norm**2
+                decay = (hp.weight_decay * delta.norm(dim=1) / v0_norm**2).to(dev)
                 loss = -tgt_lp + hp.kl_factor * kl + decay  # (n,): each request's own loss
                 live = loss[active]
                 if not torch.isfinite(live).all():
