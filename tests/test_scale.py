@@ -161,8 +161,9 @@ def test_statistics_on_two_workers_equal_one_process_and_share_its_cache(tiny, t
     monkeypatch.setattr(stats_mod, "collect_second_moments", lambda *a, **k: pytest.fail("the cache should answer"))
     cached = second_moments(tiny, [0, 3], StatsConfig(n_tokens=3000))
     one = collect_second_moments(tiny, [0, 3], corpus, StatsConfig(n_tokens=3000))
-    for layer in (0, 3):
-        assert torch.allclose(cached[layer].double(), one[layer][0], rtol=1e-6, atol=1e-9)
+    for layer in (0, 3):  # stored in float32, each batch's kᵀk a float32 product whose rounding depends on the threads
+        scale = float(one[layer][0].abs().max())
+        assert torch.allclose(cached[layer].double(), one[layer][0], rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_tracing_many_facts_on_two_workers_writes_the_records_of_one_process(tiny, data, tmp_path, ray_runtime):
