@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from modeledit import UnsupportedModelError
-from modeledit.llm.model import find_layout
+from modeledit.llm.layout import find_layout
 
 from conftest import EXPECTED_MLP_OUT, FAMILIES
 

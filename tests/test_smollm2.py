@@ -19,7 +19,7 @@ FAST = dict(stats_tokens=20_000)
 
 
 def test_the_packaged_model_is_converted_once_and_loads_from_the_cache(smollm2):
-    from modeledit.llm.model import packaged_model_dir
+    from modeledit.llm.packaged import packaged_model_dir
 
     d = packaged_model_dir("smollm2-135m")
     assert (d / "config.json").exists() and list(d.glob("*.safetensors"))

@@ -209,7 +209,7 @@ def stats(
 @app.command()
 def models() -> None:
     """List the packaged models (usable offline)."""
-    from modeledit.llm.model import PACKAGED
+    from modeledit.llm.packaged import PACKAGED
 
     for m in PACKAGED.values():
         console.print(f"{m.name:14} {m.description}  (pip: {m.pip_name})")

@@ -34,7 +34,8 @@ from safetensors.torch import save_file
 
 from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.memit import MEMIT, MEMITHyperParams
-from modeledit.llm.model import LanguageModel, cache_dir
+from modeledit.llm.cache import cache_dir
+from modeledit.llm.model import LanguageModel
 from modeledit.patch import fingerprint
 
 MEMORY = 2  # key states kept in memory per model (each: one d×d float64 matrix per layer); all are on disk

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 
-from modeledit.llm.model import LanguageModel, cache_dir
+from modeledit.llm.cache import cache_dir
+from modeledit.llm.model import LanguageModel
 
 log = logging.getLogger(__name__)
 

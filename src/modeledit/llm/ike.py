@@ -29,7 +29,8 @@ from modeledit.datafiles import find_data
 from modeledit.errors import DataError, RequestError
 from modeledit.llm.context_edit import ContextEdit, ContextEntry, fact_context, fact_sentence
 from modeledit.llm.method import LLMMethod
-from modeledit.llm.model import LanguageModel, cache_dir
+from modeledit.llm.cache import cache_dir
+from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from modeledit.llm.model import LanguageModel, _mkdir, cache_dir
+from modeledit.llm.cache import cache_dir, made_dir
+from modeledit.llm.model import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def store_layer(lm: LanguageModel, layer: int, reason: str, **details) -> Path:
     """Make ``layer`` the default edit layer of this model's weights (until cleared or replaced)."""
     if not 0 <= layer < lm.layout.n_layers:
         raise ValueError(f"layer {layer} is outside 0..{lm.layout.n_layers - 1}")
-    path = _mkdir(_layer_file(lm).parent) / f"{lm.identity}.json"
+    path = made_dir(_layer_file(lm).parent) / f"{lm.identity}.json"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"layer": layer, "reason": reason, "model": lm.name, **details}, indent=1))
     tmp.replace(path)

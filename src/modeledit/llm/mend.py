@@ -30,7 +30,8 @@ from modeledit.llm.hooks import Hooks
 from modeledit.llm.mend_data import LOC, Rows, request_rows
 from modeledit.llm.mend_editor import EditedWeight, MENDEditor, editor_file, load_editor
 from modeledit.llm.method import LLMMethod, check_layers
-from modeledit.llm.model import LanguageModel, mlp_projections
+from modeledit.llm.layout import mlp_projections
+from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import eager_attention
 from modeledit.llm.request import Request
 from modeledit.llm.value import frozen_weights

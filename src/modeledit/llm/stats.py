@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from modeledit.llm.corpus import Corpus, resolve_corpus
 from modeledit.llm.devices import module_device
 from modeledit.llm.hooks import Hooks
-from modeledit.llm.model import LanguageModel, cache_dir
+from modeledit.llm.cache import cache_dir
+from modeledit.llm.model import LanguageModel
 from modeledit.llm.tokens import pad_right
 
 log = logging.getLogger(__name__)

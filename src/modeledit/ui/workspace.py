@@ -32,7 +32,7 @@ class Workspace:
 
     def __init__(self, models: Sequence[str] = (), *, classifier: str | None = None, diffusion: str | None = None,
                  limits: Limits = Limits()):
-        from modeledit.llm.model import PACKAGED
+        from modeledit.llm.packaged import PACKAGED
 
         self.models = list(dict.fromkeys([*models, *PACKAGED]))
         self.classifier_path = classifier
