@@ -17,6 +17,7 @@ A method may carry settings of its dataclass after "@" (";" between them), run a
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import logging
 import time
@@ -39,6 +40,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", default="100,200,500,1000")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="runs/sequential-smollm2")
+    ap.add_argument("--report-only", action="store_true",
+                    help="edit nothing: print, check and plot the checkpoints the methods' runs have reached so far")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data = data_dir(args.data, "counterfact-train.json")
@@ -52,10 +55,20 @@ def main() -> None:
         t = time.perf_counter()
         method_name, _, settings = name.partition("@")
         method = configured_method(method_name, settings=[s for s in settings.split(";") if s])
-        result = run_sequential(lm, method, bench, cases, Path(args.out) / name.replace("@", "-"), batch_size=args.batch,
-                                checkpoints=cps, ability=ability, known_pre=known_pre)
-        known_pre.update(result["pre"])
-        recs = result["checkpoints"]
+        where = Path(args.out) / name.replace("@", "-")
+        if args.report_only:
+            f = where / "checkpoints.jsonl"
+            # read only (a run may be appending to it): whole lines, no repair
+            lines = f.read_text().split("\n")[:-1] if f.exists() else []
+            recs = sorted((json.loads(line) for line in lines if line.strip()), key=lambda r: r["edits"])
+            if not recs:
+                print(f"\n{name}: no checkpoint reached yet in {where}")
+                continue
+        else:
+            result = run_sequential(lm, method, bench, cases, where, batch_size=args.batch, checkpoints=cps, ability=ability,
+                                    known_pre=known_pre)
+            known_pre.update(result["pre"])
+            recs = result["checkpoints"]
         runs.append((name, recs))
         print(f"\n{name}: edits, ES, PS, NS (unedited {recs[0]['pre']['neighborhood_score']:.1f}), neighbourhood kept, "
               f"perplexity (unedited {recs[0]['ability_unedited']['perplexity']:.2f}), known facts kept, last batch s, scoring s")
@@ -71,7 +84,8 @@ def main() -> None:
         run_seconds = spent + sum(r["measure_seconds"] for r in recs) if spent is not None else None
         print(f"  the run's own time: {run_seconds / 60:.1f} min (edits and checkpoints)" if run_seconds else
               f"  the run's own time: unknown (made before times were recorded); this call {(time.perf_counter() - t) / 60:.1f} min")
-        report[name] = {"checkpoints": recs, "wall_seconds": time.perf_counter() - t, "run_seconds": run_seconds}
+        report[name] = {"checkpoints": recs, "wall_seconds": None if args.report_only else time.perf_counter() - t,
+                        "run_seconds": run_seconds}
     plot_sequential(runs, Path(args.out) / "sequential.png", f"counterfact-train, {lm.name}, batches of {args.batch}")
     for name in [n for n in report if n.startswith("alphaedit")]:
         last = report[name]["checkpoints"][-1]
