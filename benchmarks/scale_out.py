@@ -44,10 +44,21 @@ def part_eval(args, lm, out: Path) -> dict:
         res[f"workers_{n}_wall_s"] = time.perf_counter() - t0
     same = {k: v for k, v in summaries[1].items() if k != "cost"} == {k: v for k, v in summaries[2].items() if k != "cost"}
     res["summaries_equal"] = same
+    # where not bit-equal: the scores (shares of cases) and the magnitudes (mean log-probability gaps) apart
+    scores_equal, magnitude_diff = True, 0.0
+    for part in ("pre", "post"):
+        for k, v in summaries[1][part].items():
+            w = summaries[2][part].get(k)
+            if k.endswith("_score"):
+                scores_equal &= v == w
+            elif isinstance(v, float) and isinstance(w, float):
+                magnitude_diff = max(magnitude_diff, abs(v - w) / max(abs(v), 1e-12))
+    res["scores_equal"], res["max_relative_difference_other"] = scores_equal, magnitude_diff
     res["post"] = summaries[2]["post"]
     print(f"  {args.cases} CounterFact cases, {args.method}: --workers 1 {res['workers_1_wall_s']:.1f} s | "
           f"--workers 2 {res['workers_2_wall_s']:.1f} s ({res['workers_1_wall_s'] / res['workers_2_wall_s']:.2f}x); "
-          f"summaries {'equal' if same else 'DIFFERENT'} (costs aside)")
+          f"summaries {'equal' if same else 'not bit-equal'} (costs aside): ES/PS/NS/S "
+          f"{'equal' if scores_equal else 'DIFFERENT'}, other figures within {magnitude_diff:.1e} (relative)")
     return res
 
 
