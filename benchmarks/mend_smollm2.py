@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
-import torch
 
 import modeledit as me
 from modeledit.datafiles import data_dir
-from modeledit.report import write_json
+from modeledit.report import machine, write_json
 
 ZSRE_TRAIN_FROM = 500  # zsRE cases 500-999 train the editor; 0-499 are the evaluation's
 
@@ -101,13 +99,12 @@ def main() -> None:
     data, out = data_dir(args.data, "counterfact-val.json"), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = me.load_model("smollm2-135m", device="cpu")
-    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     t = time.perf_counter()
     if args.part == "counterfact":
         res = part_counterfact(lm, data, out, args.cases or 200, args.steps, args.train_limit)
     else:
         res = part_zsre(lm, data, out, args.cases or 500, args.steps, args.train_limit)
-    write_json(out / f"bench-{args.part}.json", {"machine": machine, "date": time.strftime("%Y-%m-%d"),
+    write_json(out / f"bench-{args.part}.json", {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
                                                  "wall_seconds": time.perf_counter() - t, **res})
     print(f"written: {out / f'bench-{args.part}.json'}")
 

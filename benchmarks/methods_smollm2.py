@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
-import torch
 
 import modeledit as me
 from modeledit.datafiles import data_dir
-from modeledit.report import write_json
+from modeledit.report import machine, write_json
 
 
 def part_compare(lm, data: Path, out: Path, cases: int, methods: str) -> dict:
@@ -104,14 +102,13 @@ def main() -> None:
     data, out = data_dir(args.data, "counterfact-val.json"), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = me.load_model("smollm2-135m", device="cpu")
-    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     if args.part == "compare":
         res = part_compare(lm, data, out, args.cases or 200, args.methods)
     elif args.part == "memit1000":
         res = part_memit1000(lm, data, out, args.cases or 1000)
     else:
         res = part_zsre(lm, data, out, args.cases or 500)
-    write_json(out / f"bench-{args.part}.json", {"machine": machine, "date": time.strftime("%Y-%m-%d"), **res})
+    write_json(out / f"bench-{args.part}.json", {"machine": machine(), "date": time.strftime("%Y-%m-%d"), **res})
     print(f"written: {out / f'bench-{args.part}.json'}")
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import modeledit as me
+from modeledit.report import machine
 from modeledit.evaluation import run_evaluation
 from modeledit.llm.bench import get_benchmark
 from modeledit.llm.contexts import context_templates
@@ -48,7 +49,7 @@ def main() -> None:
         raise SystemExit(f"CounterFact data not found in {data}: pass --data DIR or set MODELEDIT_DATA")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    result: dict = {"machine": machine()}
     lm = me.load_model("smollm2-135m", device="cpu")
     H, I = lm.layout.hidden_size, lm.layout.intermediate_size
 

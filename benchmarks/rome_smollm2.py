@@ -24,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import modeledit as me
+from modeledit.report import machine
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.corpus import resolve_corpus
 from modeledit.llm.rows import build_rows
@@ -57,7 +58,7 @@ def main() -> None:
         raise SystemExit(f"CounterFact data not found at {data}: pass --data DIR or set MODELEDIT_DATA")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+    result: dict = {"machine": machine()}
 
     t = time.perf_counter()
     lm = me.load_model("smollm2-135m", device="cpu")

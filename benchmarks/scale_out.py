@@ -17,15 +17,13 @@ wall time is that of the whole evaluation.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import time
 from pathlib import Path
 
-import torch
 
 import modeledit as me
-from modeledit.report import write_json
+from modeledit.report import machine, write_json
 
 
 def part_eval(args, lm, out: Path) -> dict:
@@ -98,7 +96,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = me.load_model(args.model, device="cpu")
-    res: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "model": args.model}
+    res: dict = {"machine": machine(), "model": args.model}
     print(res["machine"])
     if args.part in ("eval", "all"):
         print("eval")

@@ -188,6 +188,13 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def machine() -> str:
+    """What a benchmark's figures were measured on: cores, torch and its threads."""
+    import torch
+
+    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
 def cost_summary(seconds: Iterable[float]) -> dict[str, float]:
     s = list(seconds)
     return {
