@@ -3,8 +3,9 @@
 Parts (each resumable: rerun the same command after an interruption):
 
 - ``compare``: the ROME paper's table on the first N cases of counterfact-val.json: every method at batch
-  size 1 (IKE among them), plus MEMIT at batch size N (``modeledit compare``); checks the papers' ordering
-  and IKE's ES and NS, and runs IKE's ablation without retain demonstrations beside it.
+  size 1 (IKE, and MEND with the editor ``benchmarks/mend_smollm2.py`` trains, among them), plus MEMIT at
+  batch size N (``modeledit compare``); checks the papers' ordering (ROME's S above MEND's, MEND the fastest
+  weight editor) and IKE's ES and NS, and runs IKE's ablation without retain demonstrations beside it.
 - ``memit1000``: MEMIT, one batch of 1,000 cases of counterfact-train.json: ES, PS, NS against the
   unedited model, and the time of the whole batch (statistics cached beforehand, not counted).
 - ``zsre``: the first N zsRE cases, ROME at batch size 1 and MEMIT at batch size N, with the unedited row.
@@ -27,13 +28,25 @@ from modeledit.datafiles import data_dir
 from modeledit.report import machine, write_json
 
 
-def part_compare(lm, data: Path, out: Path, cases: int, methods: str) -> dict:
-    specs = methods.split(",") + [f"memit@{cases}"]
+def part_compare(lm, data: Path, out: Path, cases: int, methods: str, mend_editor: Path) -> dict:
+    specs = methods.split(",")
+    if "mend" in specs and not (mend_editor / "editor.safetensors").is_file():
+        print(f"MEND left out: no trained editor in {mend_editor} (train it: python benchmarks/mend_smollm2.py --part counterfact)")
+        specs.remove("mend")
+    specs.append(f"memit@{cases}")
     t = time.perf_counter()
-    result = me.compare(lm, specs, data / "counterfact-val.json", out / "compare", limit=cases, gen_tokens=40)
+    result = me.compare(lm, specs, data / "counterfact-val.json", out / "compare", limit=cases, gen_tokens=40,
+                        settings={"mend": {"editor": str(mend_editor)}})
     rows = {r["method"]: r for r in result["rows"]}
     s = lambda m: rows[m]["score"] if m in rows else float("nan")  # noqa: E731
+    if "mend" in rows:  # the ROME paper's finding on MEND-CF, and MEND's point: the fastest weight editor
+        secs = {m: r["seconds_per_edit"] for m, r in rows.items() if r["seconds_per_edit"] is not None and m not in ("ike", "mend")}
+        print(f"MEND {rows['mend']['seconds_per_edit']:.3f} s per edit (median); the other weight editors: "
+              + ", ".join(f"{m} {v:.2f} s" for m, v in secs.items()))
     checks = {
+        **({"S(ROME) > S(MEND) (the ROME paper's finding)": s("rome") > s("mend"),
+            "MEND the fastest weight editor per edit": all(rows["mend"]["seconds_per_edit"] < v for v in secs.values())}
+           if "mend" in rows else {}),
         "S(ROME) > S(FT-L)": s("rome") > s("ft-l"),
         "S(ROME) > S(LoRA)": s("rome") > s("lora"),
         "S(MEMIT) > S(FT-L)": s("memit") > s("ft-l"),
@@ -94,7 +107,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["compare", "memit1000", "zsre"], required=True)
     ap.add_argument("--cases", type=int, default=None, help="compare: 200, memit1000: 1000, zsre: 500")
-    ap.add_argument("--methods", default="rome,memit,ft-l,ft-m,lora,ike", help="compare: the methods at batch size 1")
+    ap.add_argument("--methods", default="rome,memit,ft-l,ft-m,lora,ike,mend", help="compare: the methods at batch size 1")
+    ap.add_argument("--mend-editor", default="runs/bench-mend/mend-cf", help="compare: MEND's editor (benchmarks/mend_smollm2.py trains it)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default="runs/bench-methods")
     args = ap.parse_args()
@@ -103,7 +117,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     lm = me.load_model("smollm2-135m", device="cpu")
     if args.part == "compare":
-        res = part_compare(lm, data, out, args.cases or 200, args.methods)
+        res = part_compare(lm, data, out, args.cases or 200, args.methods, Path(args.mend_editor))
     elif args.part == "memit1000":
         res = part_memit1000(lm, data, out, args.cases or 1000)
     else:

@@ -1,6 +1,7 @@
 """MEND: the editor's identity start, training (it learns, resumes exactly), the edit as a patch, the
 editor's file and the model it belongs to, and bad input. All on tiny random models, seconds each."""
 
+import copy
 import json
 
 import pytest
@@ -14,6 +15,8 @@ from modeledit.llm.mend import MEND, edited_weights, nll_per_edit
 from modeledit.llm.mend_data import load_training_cases, request_rows
 from modeledit.llm.mend_editor import FILE, MENDEditor, default_editor_path
 from modeledit.llm.mend_step import edit_step
+from modeledit.llm import outcome
+from modeledit.llm.outcome import record_outcomes
 from modeledit.llm.score import score_continuations
 
 from conftest import same_state, state_bytes
@@ -122,6 +125,27 @@ def test_edits_side_by_side_are_single_edits_and_the_patch_scores_as_training_se
         with patch.applied(lm):
             scored = score_continuations(lm, [(p, c.request.target) for p in (c.request.text, *c.paraphrases)])
         assert -sum(s.mean_logprob for s in scored) / len(scored) == pytest.approx(alone.edit[0], rel=1e-4)
+
+
+def test_the_outcome_check_read_from_the_edits_own_pass_is_the_full_checks(tiny_factory, tmp_path, monkeypatch):
+    """MEND checks its edit's outcome from the first edited block up, on the hidden states of its own pass:
+    the same verdicts and probabilities as the check that runs the whole patched model; a batch, and a
+    request without an old answer, included."""
+    lm = tiny_factory("llama")
+    pool = small_pool(tmp_path / "pool.json")
+    me.train_mend(lm, pool, tmp_path / "run", max_steps=2, batch_size=2, val_every=1, lr=1e-3, lr_lr=1e-3)
+    no_old = me.Request("{} is made by", "The Widget", " Acme")
+    full_check = outcome.score_continuations
+    for batch in ([REQS[0]], [*REQS, no_old]):
+        monkeypatch.setattr(outcome, "score_continuations", None)  # the whole model must not run again
+        patch = MEND(editor=str(tmp_path / "run")).edit(lm, batch)
+        monkeypatch.setattr(outcome, "score_continuations", full_check)
+        own = patch.entries[0].info["per_request"]
+        full = record_outcomes(lm, copy.deepcopy(patch), batch).entries[0].info["per_request"]
+        assert own["took"] == full["took"] and own["model_continuation"] == full["model_continuation"]
+        assert own["target_prob_after"] == pytest.approx(full["target_prob_after"], rel=1e-4)
+        olds = [(a, b) for a, b in zip(own["true_prob_after"], full["true_prob_after"]) if a is not None or b is not None]
+        assert len(olds) == sum(r.target_true is not None for r in batch) and all(a == pytest.approx(b, rel=1e-4) for a, b in olds)
 
 
 def test_the_editor_saves_loads_and_refuses_another_model(tiny_factory, tmp_path):

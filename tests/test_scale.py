@@ -102,6 +102,20 @@ def test_evaluation_on_two_workers_equals_one_process(tiny, data, tmp_path, ray_
         evaluate(tiny, data / "counterfact-val.json", out, method="memit", limit=LIMIT, batch_size=1, workers=2, **FAST_MEMIT)
 
 
+def test_workers_compute_with_this_processs_thread_count(tiny, ray_runtime):
+    """A matmul's bits depend on how many threads split it: each worker takes the driver's count, whatever
+    share of the cores Ray gives it, so that its numbers are this process's."""
+    from modeledit.scale.runtime import workers
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with workers(tiny, 2) as pool:
+            assert ray_runtime.get([a.threads.remote() for a in pool.actors]) == [3, 3]
+    finally:
+        torch.set_num_threads(before)
+
+
 def _killer(compute):
     """A progress callback that kill -9s every worker when the first record is written (the next groups
     are running on them then)."""

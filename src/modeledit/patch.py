@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,7 +40,7 @@ def fingerprint(tensor: torch.Tensor) -> str:
         return memo[2]
     t = tensor.detach().contiguous().cpu()
     h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.view(torch.uint8).numpy() if t.numel() else b"")  # the tensor's own buffer, not a copy
     fp = h.hexdigest()[:32]
     _remember(tensor, fp)
     return fp
@@ -149,11 +150,18 @@ class Patch(Edit):
         are taken from ``model`` as it is now (unedited)."""
         model = _module(model)
         reqs = [dict(r) for r in requests] if requests is not None else [dict(request or {})]
-        before, after = {}, {}
-        for name, delta in deltas.items():
+        def both(name: str) -> tuple[str, str]:
             p = _parameter(model, name)
-            before[name] = fingerprint(p)
-            after[name] = fingerprint(add_delta(p, delta))
+            return fingerprint(p), fingerprint(add_delta(p, deltas[name]))
+
+        workers = min(len(deltas), torch.get_num_threads())
+        if workers > 1:  # hashing releases the GIL: the parameters' fingerprints side by side
+            with ThreadPoolExecutor(workers) as pool:
+                pairs = dict(zip(deltas, pool.map(both, deltas)))
+        else:
+            pairs = {name: both(name) for name in deltas}
+        before = {name: fp for name, (fp, _) in pairs.items()}
+        after = {name: fp for name, (_, fp) in pairs.items()}
         entry = PatchEntry(method, dict(hparams), reqs, dict(deltas), before, after, dict(info or {}))
         return cls([entry], meta)
 

@@ -27,12 +27,13 @@ import torch
 
 from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.hooks import Hooks
-from modeledit.llm.mend_data import LOC, Rows, request_rows
+from modeledit.llm.mend_data import EDIT, LOC, Rows, build_rows
 from modeledit.llm.mend_editor import EditedWeight, MENDEditor, editor_file, load_editor
-from modeledit.llm.method import LLMMethod, check_layers
+from modeledit.llm.method import LLMMethod, as_requests, check_layers
 from modeledit.llm.layout import mlp_projections
 from modeledit.llm.model import LanguageModel
-from modeledit.llm.partial import eager_attention
+from modeledit.llm.outcome import outcome_pairs, record_outcomes
+from modeledit.llm.partial import PartialForward, eager_attention
 from modeledit.llm.request import Request
 from modeledit.llm.value import frozen_weights
 from modeledit.patch import Delta, Patch
@@ -165,17 +166,34 @@ def add_edits(hooks: Hooks, transformed: dict[str, tuple[torch.Tensor, torch.Ten
         hooks.add_to_output(module, add)
 
 
-def gradient_factors(lm: LanguageModel, editor: MENDEditor, rows: Rows) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+def gradient_factors(lm: LanguageModel, editor: MENDEditor, rows: Rows, start: int | None = None,
+                     ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, PartialForward | None]:
     """One forward and backward pass of the EDIT rows' loss: (u, δ) of every edited weight at every token
-    of the rows, and the loss per request."""
+    of the EDIT rows that reads a target, the loss per request and, with ``start`` (a block no higher than
+    the edited ones), a partial pass from that block over all the rows (kept for the outcome check)."""
     sel = torch.arange(rows.input_ids.shape[0], device=lm.device)
+    reads = torch.zeros_like(rows.attention_mask)  # the tokens whose prediction the loss reads: u, δ taken there
+    reads[rows.target_rows, rows.target_cols] = 1
     with frozen_weights(lm.model), eager_attention(lm.model), Hooks(lm.model) as hooks:
         watch = Watch(hooks, [w.module for w in editor.weights])
+        if start is not None:
+            rec_block = hooks.record(lm.layout.blocks[start], inputs=True, outputs=False)
+            rec_first = hooks.record(lm.layout.blocks[0], outputs=True, keep_raw=True)
         hidden = lm.run(rows.input_ids, attention_mask=rows.attention_mask)[0]
         loss, _ = nll_per_edit(lm, hidden, rows, sel)
         if not torch.isfinite(loss).all():
             raise EditFailedError("the edit loss is not finite on these requests; check the model's dtype")
-        return watch.factors(loss.sum(), rows.attention_mask), loss.detach()
+        factors = watch.factors(loss.sum(), rows.attention_mask * (rows.kind == EDIT)[:, None] * _upto(reads))
+    partial = None
+    if start is not None:
+        partial = PartialForward.recorded(lm, start, rows.input_ids, rows.attention_mask, rec_block.input, rec_first.raw_output)
+    return factors, loss.detach(), partial
+
+
+def _upto(reads: torch.Tensor) -> torch.Tensor:
+    """1 at every position up to each row's last marked one (every position of a row without marks)."""
+    last = torch.where(reads.any(1), reads.shape[1] - 1 - reads.flip(1).argmax(1), reads.shape[1] - 1)
+    return (torch.arange(reads.shape[1], device=reads.device)[None] <= last[:, None]).to(reads.dtype)
 
 
 class MEND(LLMMethod):
@@ -190,11 +208,26 @@ class MEND(LLMMethod):
         """Load the editor (and check it belongs to this model) before the first edit is timed."""
         load_editor(lm, self.hparams.editor)
 
+    def edit(self, lm: LanguageModel, requests: Request | Sequence[Request], progress=None) -> Patch:
+        """The edit, its outcome checked from the first edited block up on the hidden states of the edit's
+        own pass (a whole second pass would double MEND's time)."""
+        reqs = as_requests(requests)
+        patch, partial = self._edit_batch(lm, reqs)
+        return record_outcomes(lm, patch, reqs, partial)
+
     def edit_batch(self, lm: LanguageModel, requests: list[Request], progress=None) -> Patch:
+        return self._edit_batch(lm, requests)[0]
+
+    def _edit_batch(self, lm: LanguageModel, requests: list[Request]) -> tuple[Patch, PartialForward | None]:
         t0 = time.perf_counter()
         editor = load_editor(lm, self.hparams.editor)
-        rows = request_rows(lm, requests)
-        factors, loss = gradient_factors(lm, editor, rows)
+        # the rows of the outcome check, read in the same pass: each request's prompt and new target, whole (the
+        # last token's prediction the loss does not read, nor MEND's factors), then the old answers known
+        pairs = outcome_pairs(requests)
+        items = [(i, EDIT, p, a) for i, (p, a) in enumerate(pairs[: len(requests)])] + [(0, LOC, p, a) for p, a in pairs[len(requests):]]
+        rows = build_rows(lm, items, len(requests), whole=True)
+        start = min(i for w in editor.weights for i, block in enumerate(lm.layout.blocks) if w.module.startswith(block + "."))
+        factors, loss, partial = gradient_factors(lm, editor, rows, start)
         deltas = {}
         with torch.no_grad():
             transformed = editor.transform(factors)
@@ -207,8 +240,8 @@ class MEND(LLMMethod):
         layers = sorted({i for w in editor.weights for i, mlp in enumerate(lm.layout.mlp) if w.module.startswith(mlp + ".")})
         info = {"layers": layers, "layers_reason": "the layers the MEND editor was trained for",
                 "modules": [w.module for w in editor.weights], "editor": str(editor_file(lm, self.hparams.editor)),
-                "editor_trained_on": editor.meta.get("data"), "gradient_steps": 1, "rank": int(rows.attention_mask.sum()),
+                "editor_trained_on": editor.meta.get("data"), "gradient_steps": 1, "rank": int(factors[editor.weights[0].module][0].shape[0]),
                 "loss_first": float(loss.mean()), "per_request": {"nll_before": loss.tolist()}, "n_requests": len(requests),
                 "edit_lrs": editor.edit_lrs.detach().cpu().tolist(), "seconds": time.perf_counter() - t0,
                 "advice": "a better-trained editor (more steps of `modeledit mend train`), or another method"}
-        return self.patch(lm, deltas, requests, asdict(self.hparams), info)
+        return self.patch(lm, deltas, requests, asdict(self.hparams), info), partial

@@ -129,9 +129,9 @@ class Rows:
         return (self.kind == kind).nonzero()[:, 0]
 
 
-def build_rows(lm: LanguageModel, items: Sequence[tuple[int, int, str, str]], n_edits: int) -> Rows:
+def build_rows(lm: LanguageModel, items: Sequence[tuple[int, int, str, str]], n_edits: int, whole: bool = False) -> Rows:
     """Rows of ``(owner, kind, prompt, answer)`` items: EDIT and PARA rows read the prompt and the answer
-    but its last token (teacher-forced targets), LOC rows the whole text."""
+    but its last token (teacher-forced targets; with ``whole``, that token too), LOC rows the whole text."""
     seqs, owner, kind, t_rows, t_cols, t_ids = [], [], [], [], [], []
     for o, k, prompt, answer in items:
         p, t = encode_continuation(lm.tokenizer, prompt, answer)
@@ -139,7 +139,7 @@ def build_rows(lm: LanguageModel, items: Sequence[tuple[int, int, str, str]], n_
         if k == LOC:
             seqs.append(p + t)
         else:
-            seqs.append(p + t[:-1])
+            seqs.append(p + t if whole else p + t[:-1])
             t_rows += [r] * len(t)
             t_cols += range(len(p) - 1, len(p) - 1 + len(t))
             t_ids += t

@@ -16,15 +16,27 @@ from typing import Any, Sequence
 
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
-from modeledit.llm.score import score_continuations
+from modeledit.llm.partial import PartialForward
+from modeledit.llm.score import score_continuations, score_from
 from modeledit.patch import Patch
 
 
-def record_outcomes(lm: LanguageModel, patch: Patch, requests: Sequence[Request]) -> Patch:
-    """Score every request with ``patch`` applied and write the outcomes into the entries holding them."""
-    pairs = [(r.text, r.target) for r in requests] + [(r.text, r.target_true) for r in requests if r.target_true]
+def outcome_pairs(requests: Sequence[Request]) -> list[tuple[str, str]]:
+    """The (prompt, answer) pairs the check scores: each request's new target, then the old answers known."""
+    return [(r.text, r.target) for r in requests] + [(r.text, r.target_true) for r in requests if r.target_true]
+
+
+def record_outcomes(lm: LanguageModel, patch: Patch, requests: Sequence[Request], start: PartialForward | None = None) -> Patch:
+    """Score every request with ``patch`` applied and write the outcomes into the entries holding them.
+
+    ``start`` (optional): a partial pass over the rows of ``outcome_pairs(requests)`` whose unedited input to
+    a block no higher than any the patch touches was recorded by the method's own pass (MEND's): the check
+    then runs only the blocks from there up."""
+    pairs = outcome_pairs(requests)
+    if start is not None and not _above(lm, patch, start.layer):
+        start = None
     with patch.applied(lm):
-        scored = score_continuations(lm, pairs)
+        scored = score_continuations(lm, pairs) if start is None else score_from(lm, pairs, start)
     new, true = scored[: len(requests)], iter(scored[len(requests) :])
     at = 0
     for entry in patch.entries:
@@ -44,6 +56,12 @@ def record_outcomes(lm: LanguageModel, patch: Patch, requests: Sequence[Request]
             per["not_taken_reason"].append(None if took else _reason(entry.info, entry.hparams, j, greedy, beats, s.mean_prob))
             at += 1
     return patch
+
+
+def _above(lm: LanguageModel, patch: Patch, layer: int) -> bool:
+    """Whether every parameter ``patch`` touches lies in a block from ``layer`` up."""
+    blocks = lm.layout.blocks[layer:]
+    return all(any(name.startswith(b + ".") for b in blocks) for name in patch.parameters)
 
 
 def _own(info: dict[str, Any], key: str, index: int) -> Any:

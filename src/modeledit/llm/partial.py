@@ -115,6 +115,16 @@ class PartialForward:
                 _, cache = lm.run(split.prefix_ids, attention_mask=split.prefix_mask, position_ids=split.prefix_pos, use_cache=True)
             self.kv = [(c.keys.detach(), c.values.detach()) for c in cache.layers]
 
+    @classmethod
+    def recorded(cls, lm: LanguageModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, h_in: torch.Tensor,
+                 like) -> "PartialForward":
+        """A partial pass over whole right-padded rows whose input to block ``layer`` (``h_in``) and raw block-0
+        output (``like``) the caller recorded in a pass of its own over the same rows (unedited below ``layer``)."""
+        pf = cls(lm, layer, split_rows(input_ids, attention_mask, torch.zeros(len(input_ids), dtype=torch.long, device=input_ids.device)))
+        pf.h_in, pf._like = h_in.detach(), like
+        pf._all = (pf.split, None, pf.h_in)
+        return pf
+
     def _cache(self):
         return None if self.kv is None else kv_cache(self.lm, self.kv)
 

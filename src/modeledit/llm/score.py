@@ -14,7 +14,8 @@ import torch
 
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.generate import head_kv
-from modeledit.llm.partial import kv_cache
+from modeledit.llm.hooks import Hooks
+from modeledit.llm.partial import PartialForward, kv_cache
 from modeledit.llm.tokens import encode_continuation, pad_right
 
 
@@ -76,12 +77,6 @@ def _score(lm: LanguageModel, encoded: list[tuple[list[int], list[int]]], kv, ba
         enc = encoded[b : b + batch_size]
         seqs = [p + t for p, t in enc]
         ids, mask = pad_right(seqs, lm.tokenizer.pad_token_id, lm.device)
-        rows, cols, tgt, owner = [], [], [], []
-        for i, (p, t) in enumerate(enc):
-            rows += [i] * len(t)
-            cols += range(len(p) - 1, len(p) - 1 + len(t))
-            tgt += t
-            owner += [i] * len(t)
         if kv is None:
             hidden = lm.run(ids, attention_mask=mask)[0]
         else:
@@ -90,14 +85,42 @@ def _score(lm: LanguageModel, encoded: list[tuple[list[int], list[int]]], kv, ba
             full_mask = torch.cat([torch.ones(n, P, dtype=mask.dtype, device=mask.device), mask], 1)
             pos = P + torch.arange(ids.shape[1], device=ids.device)[None].expand(n, -1)
             hidden = lm.run(ids, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)[0]
-        logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
-        tok_lp = logp.gather(1, torch.tensor(tgt, device=logp.device)[:, None])[:, 0].cpu()  # the output layer's device
-        top1 = logp.argmax(-1).cpu().tolist()
-        sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, torch.tensor(owner), tok_lp.double())
-        at = 0
-        for i, (_, t) in enumerate(enc):
-            out.append(Continuation(float(sums[i]), len(t), tuple(t), tuple(top1[at : at + len(t)])))
-            at += len(t)
+        out += _continuations(lm, enc, hidden)
+    return out
+
+
+@torch.no_grad()
+def score_from(lm: LanguageModel, pairs: Sequence[tuple[str, str]], start: PartialForward) -> list[Continuation]:
+    """``score_continuations`` of ``pairs`` (no in-context edit) run only from block ``start.layer`` up:
+    ``start`` holds the rows of the pairs' encodings (right-padded, one batch) and their unedited input to
+    that block, so the model's current weights count from there on."""
+    enc = [encode_continuation(lm.tokenizer, p, a) for p, a in pairs]
+    ids, mask = pad_right([p + t for p, t in enc], lm.tokenizer.pad_token_id, lm.device)
+    s = start.split
+    if not (torch.equal(mask, s.mask.to(mask.device)) and torch.equal(ids * mask, s.suffix_ids.to(ids.device) * mask)):
+        raise ValueError("the partial pass was not built on the rows of these pairs")
+    with Hooks(lm.model) as hooks:
+        start.install(hooks)
+        hidden = start()
+    return _continuations(lm, enc, hidden)
+
+
+def _continuations(lm: LanguageModel, enc: list[tuple[list[int], list[int]]], hidden: torch.Tensor) -> list[Continuation]:
+    """The Continuations of encoded (prompt, answer) rows from the final hidden states of their pass."""
+    rows, cols, tgt, owner = [], [], [], []
+    for i, (p, t) in enumerate(enc):
+        rows += [i] * len(t)
+        cols += range(len(p) - 1, len(p) - 1 + len(t))
+        tgt += t
+        owner += [i] * len(t)
+    logp = torch.log_softmax(lm.logits(hidden[rows, cols]).float(), dim=-1)
+    tok_lp = logp.gather(1, torch.tensor(tgt, device=logp.device)[:, None])[:, 0].cpu()  # the output layer's device
+    top1 = logp.argmax(-1).cpu().tolist()
+    sums = torch.zeros(len(enc), dtype=torch.float64).index_add_(0, torch.tensor(owner), tok_lp.double())
+    out, at = [], 0
+    for i, (_, t) in enumerate(enc):
+        out.append(Continuation(float(sums[i]), len(t), tuple(t), tuple(top1[at : at + len(t)])))
+        at += len(t)
     return out
 
 

@@ -11,9 +11,13 @@ from modeledit.errors import ModelEditError, ScaleError
 
 
 class Worker:
-    def __init__(self, spec: dict[str, Any], identity: str):
+    def __init__(self, spec: dict[str, Any], identity: str, threads: int | None = None):
         self.error: ModelEditError | None = None
         self.method: Any = None
+        if threads:  # the driver's count: a matmul's bits depend on it (see runtime.workers)
+            import torch
+
+            torch.set_num_threads(threads)
         try:
             from modeledit.llm.model import load_model
 
@@ -32,6 +36,11 @@ class Worker:
     def pid(self) -> int:
         self._ready()
         return os.getpid()
+
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
 
     def evaluate(self, method_class: type, hparams: Any, bench: Any, group: Sequence[tuple[int, list[Any]]], todo: set,
                  known_pre: dict[Any, Any]) -> list[dict[str, Any]]:
