@@ -12,7 +12,6 @@ hyper-parameters, and for every touched parameter a fingerprint of its bytes bef
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,34 +21,13 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from modeledit.errors import PatchError
-from modeledit.report import read_tensors, write_tensors
+from modeledit.fingerprint import fingerprint, remember
+from modeledit.report import read_tensors
 
 log = logging.getLogger(__name__)
 
 FORMAT = "modeledit.patch"
 VERSION = 2  # 2: an entry holds a list of requests (a joint edit of many); version 1 files (one request) load too
-
-
-def fingerprint(tensor: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and bytes (first 32 hex digits). A parameter keeps its last
-    fingerprint with its version counter (bumped by every in-place write, ``copy_`` included), so that the
-    checks of apply, revert and the next edit do not hash the same unchanged weights again (a MEND edit
-    touches 9 matrices, 32 MB: hashing them was half its time). Writes through ``.data`` escape the counter."""
-    memo = getattr(tensor, "_modeledit_fingerprint", None)
-    if memo is not None and memo[:2] == (tensor._version, tensor.data_ptr()):
-        return memo[2]
-    t = tensor.detach().contiguous().cpu()
-    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.view(torch.uint8).numpy() if t.numel() else b"")  # the tensor's own buffer, not a copy
-    fp = h.hexdigest()[:32]
-    _remember(tensor, fp)
-    return fp
-
-
-def _remember(tensor: torch.Tensor, fp: str) -> None:
-    """Keep ``fp`` as the fingerprint of a parameter's bytes as they are now (see ``fingerprint``)."""
-    if isinstance(tensor, torch.nn.Parameter):
-        tensor._modeledit_fingerprint = (tensor._version, tensor.data_ptr(), fp)
 
 
 @dataclass
@@ -270,28 +248,11 @@ class Patch(Edit):
             out = out.then(p)
         return out
 
-    # -- saving ----------------------------------------------------------------------------------
+    # -- saving (patch_file.py) -------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        tensors: dict[str, torch.Tensor] = {}
-        entries = []
-        for i, e in enumerate(self.entries):
-            kinds = {}
-            for name, delta in e.deltas.items():
-                for part, t in delta.tensors().items():
-                    tensors[f"{i}/{name}/{part}"] = t.detach().contiguous().cpu()
-                kinds[name] = "dense" if delta.dense is not None else "lowrank"
-            entries.append(
-                {
-                    "method": e.method,
-                    "hparams": e.hparams,
-                    "requests": e.requests,
-                    "deltas": kinds,
-                    "before": e.before,
-                    "after": e.after,
-                    "info": e.info,
-                }
-            )
-        return write_tensors(path, tensors, {"format": FORMAT, "version": VERSION, "meta": self.meta, "entries": entries})
+        from modeledit.patch_file import save_patch
+
+        return save_patch(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Patch":
@@ -300,26 +261,9 @@ class Patch(Edit):
 
     @classmethod
     def from_header(cls, meta: dict[str, Any], tensors: Mapping[str, torch.Tensor], path: Any) -> "Patch":
-        try:
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"format is {meta.get('format')!r}, not a weight patch: read it with modeledit.load_edit")
-            if meta.get("version") not in (1, VERSION):
-                raise ValueError(f"version {meta.get('version')} is not one this modeledit reads (1, {VERSION})")
-            entries = []
-            for i, e in enumerate(meta["entries"]):
-                deltas = {}
-                for name, kind in e["deltas"].items():
-                    if kind == "dense":
-                        deltas[name] = Delta(dense=tensors[f"{i}/{name}/dense"])
-                    else:
-                        deltas[name] = Delta(left=tensors[f"{i}/{name}/left"], right=tensors[f"{i}/{name}/right"])
-                entries.append(
-                    PatchEntry(e["method"], e["hparams"], e["requests"] if "requests" in e else [e["request"]], deltas,
-                               e["before"], e["after"], e.get("info", {}))
-                )
-            return cls(entries, meta.get("meta", {}))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PatchError(f"{path} is a damaged modeledit patch ({exc!s}); save it again") from exc
+        from modeledit.patch_file import patch_entries
+
+        return cls(patch_entries(meta, tensors, path), meta.get("meta", {}))
 
     # -- showing ---------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -356,7 +300,7 @@ class AppliedPatch:
         if self.active:
             _restore(self.model, self.originals)
             for name in self.originals:  # the bytes apply checked against the patch's fingerprint, copied back
-                _remember(_parameter(self.model, name), next(e.before[name] for e in self.patch.entries if name in e.before))
+                remember(_parameter(self.model, name), next(e.before[name] for e in self.patch.entries if name in e.before))
             self.active = False
 
     def __enter__(self) -> "AppliedPatch":

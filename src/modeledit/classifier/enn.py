@@ -18,7 +18,8 @@ from torch.func import functional_call
 
 from modeledit.classifier.model import Classifier
 from modeledit.errors import RequestError
-from modeledit.patch import Delta, Patch, fingerprint
+from modeledit.fingerprint import fingerprint
+from modeledit.patch import Delta, Patch
 
 
 @dataclass(frozen=True)

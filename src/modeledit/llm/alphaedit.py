@@ -36,7 +36,7 @@ from modeledit.errors import EditFailedError, RequestError
 from modeledit.llm.memit import MEMIT, MEMITHyperParams
 from modeledit.llm.cache import cache_dir
 from modeledit.llm.model import LanguageModel
-from modeledit.patch import fingerprint
+from modeledit.fingerprint import fingerprint
 
 MEMORY = 2  # key states kept in memory per model (each: one d×d float64 matrix per layer); all are on disk
 
