@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import modeledit as me
 from modeledit import DataError, PatchError, RequestError
 from modeledit.llm.mend import MEND, edited_weights, nll_per_edit
-from modeledit.llm.mend_data import load_training_cases, request_rows
+from modeledit.llm.mend_data import EDIT, build_rows, load_training_cases
 from modeledit.llm.mend_editor import FILE, MENDEditor, default_editor_path
 from modeledit.llm.mend_step import edit_step
 from modeledit.llm import outcome
@@ -47,7 +47,7 @@ def test_the_untrained_editor_edits_by_the_plain_gradient(tiny_factory, tmp_path
     weights = edited_weights(lm)
     assert len(weights) == (9 if family == "llama" else 6)  # gate, up, down / c_fc, c_proj of layers 1-3
     assert {w.module.split(".")[-1] for w in weights} == ({"gate_proj", "up_proj", "down_proj"} if family == "llama" else {"c_fc", "c_proj"})
-    rows = request_rows(lm, REQS)
+    rows = build_rows(lm, [(i, EDIT, r.text, r.target) for i, r in enumerate(REQS)], len(REQS))  # the EDIT rows: what the gradient is of
     params = [lm.model.get_parameter(w.weight) for w in weights]
     loss, _ = nll_per_edit(lm, lm.run(rows.input_ids, attention_mask=rows.attention_mask)[0], rows, torch.arange(len(REQS)))
     grads = torch.autograd.grad(loss.sum(), params)

@@ -151,11 +151,6 @@ def build_rows(lm: LanguageModel, items: Sequence[tuple[int, int, str, str]], n_
     return Rows(ids, mask, L(owner), L(kind), L(t_rows), L(t_cols), L(t_ids), n_edits)
 
 
-def request_rows(lm: LanguageModel, requests: Sequence[Request]) -> Rows:
-    """The EDIT rows of requests (what an edit takes the gradient of), one per request."""
-    return build_rows(lm, [(i, EDIT, r.text, r.target) for i, r in enumerate(requests)], len(requests))
-
-
 def case_rows(lm: LanguageModel, cases: Sequence[TrainCase]) -> Rows:
     """Every row of a batch of training cases: the edit prompt, its paraphrases, its unrelated prompts."""
     items = []

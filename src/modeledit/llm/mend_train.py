@@ -171,6 +171,7 @@ def train_editor(
 
     def save() -> None:
         st["seconds"] = seconds0 + time.perf_counter() - t0
+        st["peak_rss_mb"] = max(st.get("peak_rss_mb", 0.0), peak_rss_mb())  # over every run of the training
         _save_checkpoint(out / CHECKPOINT, editor, opts, st)
 
     def check() -> None:
@@ -221,7 +222,7 @@ def train_editor(
     summary = {"model": lm.name, "model_identity": lm.identity, "data": data or {}, "steps": st["step"], "done": st["done"],
                "stopped": st["stopped"], "best_step": st["best_step"], "best_validation": next(v for v in st["validations"] if v["step"] == st["best_step"]),
                "first_validation": st["validations"][0], "train_cases": len(train), "val_cases": len(val), "seconds": st["seconds"],
-               "peak_rss_mb": peak_rss_mb(), "editor": str(out / FILE), "curve": str(out / "curve.png"), "config": asdict(config)}
+               "peak_rss_mb": st["peak_rss_mb"], "editor": str(out / FILE), "curve": str(out / "curve.png"), "config": asdict(config)}
     if install:
         best = MENDEditor.load(out / FILE)
         summary["installed"] = str(best.save(default_editor_path(lm), {k: v for k, v in best.header.items() if k == "training"}))
