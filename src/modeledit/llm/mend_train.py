@@ -218,7 +218,7 @@ def train_editor(
     save()
     from modeledit.llm.mend_plot import plot_curve
 
-    plot_curve(st, out / "curve.png", f"MEND training, {lm.name}")
+    plot_curve(st, out / "curve.png", f"MEND training, {lm.name}" + (f", {data['file']}" if data and data.get("file") else ""))
     summary = {"model": lm.name, "model_identity": lm.identity, "data": data or {}, "steps": st["step"], "done": st["done"],
                "stopped": st["stopped"], "best_step": st["best_step"], "best_validation": next(v for v in st["validations"] if v["step"] == st["best_step"]),
                "first_validation": st["validations"][0], "train_cases": len(train), "val_cases": len(val), "seconds": st["seconds"],
