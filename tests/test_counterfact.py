@@ -129,3 +129,11 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating(tiny_factory, da
 
     with pytest.raises(ModelEditError, match="another configuration"):
         evaluate(lm, data / "counterfact-val.json", out, limit=4, **{**fast, "steps": 4})
+    # a run begun before a hyper-parameter existed resumes while that one is at its default (what the code
+    # did before it), and only then
+    run = json.loads((out / "run.json").read_text())
+    del run["hparams"]["token"]
+    (out / "run.json").write_text(json.dumps(run))
+    assert evaluate(lm, data / "counterfact-val.json", out, limit=4, **fast)["n"] == 4
+    with pytest.raises(ModelEditError, match="another configuration"):
+        evaluate(lm, data / "counterfact-val.json", out, limit=4, **{**fast, "token": "last"})

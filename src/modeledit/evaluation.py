@@ -56,7 +56,8 @@ def run_evaluation(
     run = {"benchmark": bench.name, "benchmark_config": bench.config(), "method": method.name, "model": lm.name,
            "model_identity": lm.identity, "hparams": {k: v for k, v in hparams.items() if k not in speed_only},
            "batch_size": batch_size}
-    out = start_run(out_dir, run)
+    defaults = asdict(type(method.hparams)()) if is_dataclass(method.hparams) else {}
+    out = start_run(out_dir, run, {"hparams": defaults})
     reset_peak_rss()
 
     caselog = CaseLog(out / "cases.jsonl")

@@ -67,9 +67,12 @@ class CaseLog:
         self.done.add(k)
 
 
-def start_run(out_dir: str | Path, run: dict[str, Any]) -> Path:
+def start_run(out_dir: str | Path, run: dict[str, Any], defaults: dict[str, dict[str, Any]] | None = None) -> Path:
     """Create ``out_dir`` and its ``run.json``, or check that the run there has the same configuration,
-    so that a resumed run never mixes results of two configurations."""
+    so that a resumed run never mixes results of two configurations. ``defaults``: for a key of ``run``
+    holding settings ("hparams"), the defaults of its fields: a field the stored run lacks counts as the
+    same when it is at its default — a setting added after the run began, whose default is what the code
+    did before it (the rule for adding one)."""
     from modeledit.errors import ModelEditError
 
     out = Path(out_dir)
@@ -78,6 +81,10 @@ def start_run(out_dir: str | Path, run: dict[str, Any]) -> Path:
     if run_file.exists():
         before = json.loads(run_file.read_text())
         now = json.loads(json.dumps(run, default=_plain))
+        for key, fields in json.loads(json.dumps(defaults or {}, default=_plain)).items():
+            stored, current = before.get(key), now.get(key)
+            if isinstance(stored, dict) and isinstance(current, dict):
+                stored.update({f: v for f, v in current.items() if f not in stored and f in fields and fields[f] == v})
         changed = sorted(k for k in now if before.get(k) != now[k])
         if changed:
             raise ModelEditError(
