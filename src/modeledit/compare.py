@@ -203,10 +203,13 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     colors = plt.get_cmap("tab10")
     for i, r in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
-        ys = [r[m] or 0.0 for m in metrics]
+        have = [(x, r[m]) for x, m in zip(xs, metrics) if r.get(m) is not None]
         color = "0.6" if r["method"] == "unedited" else colors(i - 1)
-        bars = ax.bar(xs, ys, width, label=r["method"], color=color)
+        bars = ax.bar([x for x, _ in have], [y for _, y in have], width, label=r["method"], color=color)
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+        for x, m in zip(xs, metrics):
+            if r.get(m) is None:  # not measured by this run (e.g. a run made before the metric existed): no bar, not 0
+                ax.text(x, 1, "n/a", rotation=90, fontsize=6, ha="center", va="bottom", color=color)
     ax.set_xticks(range(len(metrics)), [titles[m] for m in metrics])
     ax.set_ylim(0, 110)
     ax.set_ylabel("score (×100, higher is better)")
@@ -220,7 +223,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
               alpha=0.45, label="per case scored (mean)")
     ax_t.set_yticks(list(ys), [r["method"] for r in timed])
     ax_t.invert_yaxis()
-    ax_t.legend(fontsize=7, loc="lower right")
+    ax_t.legend(fontsize=7, loc="best")
     ax_t.set_xlabel("seconds (lower is better)")
     ax_t.set_title("cost")
     fig.tight_layout()
