@@ -200,7 +200,8 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     metrics = [m for m in CHART[result["benchmark"]] if any(r.get(m) is not None for r in rows)]
     fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(rows)
-    colors = plt.get_cmap("tab10")
+    palette = [c for j, c in enumerate(plt.get_cmap("tab10").colors) if j != 7]  # tab10's grey is the unedited row's
+    colors = lambda k: palette[k % len(palette)]  # noqa: E731
     for i, r in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
         have = [(x, r[m]) for x, m in zip(xs, metrics) if r.get(m) is not None]
