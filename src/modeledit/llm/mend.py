@@ -226,8 +226,8 @@ class MEND(LLMMethod):
         pairs = outcome_pairs(requests)
         items = [(i, EDIT, p, a) for i, (p, a) in enumerate(pairs[: len(requests)])] + [(0, LOC, p, a) for p, a in pairs[len(requests):]]
         rows = build_rows(lm, items, len(requests), whole=True)
-        start = min(i for w in editor.weights for i, block in enumerate(lm.layout.blocks) if w.module.startswith(block + "."))
-        factors, loss, partial = gradient_factors(lm, editor, rows, start)
+        layers = sorted({i for w in editor.weights for i, mlp in enumerate(lm.layout.mlp) if w.module.startswith(mlp + ".")})
+        factors, loss, partial = gradient_factors(lm, editor, rows, layers[0])
         deltas = {}
         with torch.no_grad():
             transformed = editor.transform(factors)
@@ -237,7 +237,6 @@ class MEND(LLMMethod):
                     raise EditFailedError(f"the MEND editor gave a non-finite update for {w.module}; train the editor again")
                 u, d = u.T.contiguous().cpu(), d.T.contiguous().cpu()  # (d_in, tokens), (d_out, tokens)
                 deltas[w.weight] = Delta(left=u, right=d) if w.transposed else Delta(left=d, right=u)
-        layers = sorted({i for w in editor.weights for i, mlp in enumerate(lm.layout.mlp) if w.module.startswith(mlp + ".")})
         info = {"layers": layers, "layers_reason": "the layers the MEND editor was trained for",
                 "modules": [w.module for w in editor.weights], "editor": str(editor_file(lm, self.hparams.editor)),
                 "editor_trained_on": editor.meta.get("data"), "gradient_steps": 1, "rank": int(factors[editor.weights[0].module][0].shape[0]),
