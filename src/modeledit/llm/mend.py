@@ -33,7 +33,7 @@ from modeledit.llm.method import LLMMethod, as_requests, check_layers
 from modeledit.llm.layout import mlp_projections
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.outcome import outcome_pairs, record_outcomes
-from modeledit.llm.partial import PartialForward, eager_attention
+from modeledit.llm.partial import PartialForward, eager_attention, split_rows
 from modeledit.llm.request import Request
 from modeledit.llm.value import frozen_weights
 from modeledit.patch import Delta, Patch
@@ -169,31 +169,27 @@ def add_edits(hooks: Hooks, transformed: dict[str, tuple[torch.Tensor, torch.Ten
 def gradient_factors(lm: LanguageModel, editor: MENDEditor, rows: Rows, start: int | None = None,
                      ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, PartialForward | None]:
     """One forward and backward pass of the EDIT rows' loss: (u, δ) of every edited weight at every token
-    of the EDIT rows that reads a target, the loss per request and, with ``start`` (a block no higher than
-    the edited ones), a partial pass from that block over all the rows (kept for the outcome check)."""
+    of the EDIT rows but a whole row's last (``build_rows(..., whole=True)``: no target is read there), the
+    loss per request and, with ``start`` (a block no higher than the edited ones), a partial pass from that
+    block over all the rows (kept for the outcome check)."""
     sel = torch.arange(rows.input_ids.shape[0], device=lm.device)
-    reads = torch.zeros_like(rows.attention_mask)  # the tokens whose prediction the loss reads: u, δ taken there
-    reads[rows.target_rows, rows.target_cols] = 1
+    mask = rows.attention_mask * (rows.kind == EDIT)[:, None]
+    mask[sel, rows.attention_mask.sum(1) - 1] = 0
+    partial = None
+    if start is not None:
+        no_cut = torch.zeros(len(sel), dtype=torch.long, device=rows.input_ids.device)
+        partial = PartialForward(lm, start, split_rows(rows.input_ids, rows.attention_mask, no_cut))
     with frozen_weights(lm.model), eager_attention(lm.model), Hooks(lm.model) as hooks:
         watch = Watch(hooks, [w.module for w in editor.weights])
-        if start is not None:
-            rec_block = hooks.record(lm.layout.blocks[start], inputs=True, outputs=False)
-            rec_first = hooks.record(lm.layout.blocks[0], outputs=True, keep_raw=True)
+        keep = partial.watch(hooks) if partial is not None else None
         hidden = lm.run(rows.input_ids, attention_mask=rows.attention_mask)[0]
+        if keep:
+            keep()
         loss, _ = nll_per_edit(lm, hidden, rows, sel)
         if not torch.isfinite(loss).all():
             raise EditFailedError("the edit loss is not finite on these requests; check the model's dtype")
-        factors = watch.factors(loss.sum(), rows.attention_mask * (rows.kind == EDIT)[:, None] * _upto(reads))
-    partial = None
-    if start is not None:
-        partial = PartialForward.recorded(lm, start, rows.input_ids, rows.attention_mask, rec_block.input, rec_first.raw_output)
+        factors = watch.factors(loss.sum(), mask)
     return factors, loss.detach(), partial
-
-
-def _upto(reads: torch.Tensor) -> torch.Tensor:
-    """1 at every position up to each row's last marked one (every position of a row without marks)."""
-    last = torch.where(reads.any(1), reads.shape[1] - 1 - reads.flip(1).argmax(1), reads.shape[1] - 1)
-    return (torch.arange(reads.shape[1], device=reads.device)[None] <= last[:, None]).to(reads.dtype)
 
 
 class MEND(LLMMethod):

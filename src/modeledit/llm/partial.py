@@ -19,6 +19,7 @@ drop out of later passes). Every method that optimises through the model uses th
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 
@@ -115,16 +116,6 @@ class PartialForward:
                 _, cache = lm.run(split.prefix_ids, attention_mask=split.prefix_mask, position_ids=split.prefix_pos, use_cache=True)
             self.kv = [(c.keys.detach(), c.values.detach()) for c in cache.layers]
 
-    @classmethod
-    def recorded(cls, lm: LanguageModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, h_in: torch.Tensor,
-                 like) -> "PartialForward":
-        """A partial pass over whole right-padded rows whose input to block ``layer`` (``h_in``) and raw block-0
-        output (``like``) the caller recorded in a pass of its own over the same rows (unedited below ``layer``)."""
-        pf = cls(lm, layer, split_rows(input_ids, attention_mask, torch.zeros(len(input_ids), dtype=torch.long, device=input_ids.device)))
-        pf.h_in, pf._like = h_in.detach(), like
-        pf._all = (pf.split, None, pf.h_in)
-        return pf
-
     def _cache(self):
         return None if self.kv is None else kv_cache(self.lm, self.kv)
 
@@ -137,14 +128,24 @@ class PartialForward:
 
     def first(self, hooks: Hooks) -> torch.Tensor:
         """The full pass (no gradient), recording what later passes feed in; ``hooks`` may record more."""
+        keep = self.watch(hooks)
+        with torch.no_grad():
+            hidden = self()
+        keep()
+        return hidden
+
+    def watch(self, hooks: Hooks) -> Callable[[], None]:
+        """Record what later passes feed in during the next pass over these rows — ``first``'s, or the
+        caller's own (with a gradient, say); call the function returned after that pass."""
         layout = self.lm.layout
         rec_block = hooks.record(layout.blocks[self.layer], inputs=True, outputs=False)
         rec_first = hooks.record(layout.blocks[0], outputs=True, keep_raw=True)
-        with torch.no_grad():
-            hidden = self()
-        self.h_in, self._like = rec_block.input.detach(), rec_first.raw_output
-        self._all = (self.split, self.kv, self.h_in)
-        return hidden
+
+        def keep() -> None:
+            self.h_in, self._like = rec_block.input.detach(), rec_first.raw_output
+            self._all = (self.split, self.kv, self.h_in)
+
+        return keep
 
     def install(self, hooks: Hooks) -> None:
         """Skip the blocks below ``layer`` and feed the recorded input to it, for every later pass."""
