@@ -26,6 +26,11 @@ def test_rome_edits_gemma3(gemma):
     before = state_bytes(gemma.model)
     patch = edit(gemma, req, stats_tokens=20_000)
     assert patch.entries[0].info["layer"] == 6
+    # Gemma-3 normalises the MLP's output again: ROME guards the 8 subjects its update reaches most
+    from modeledit.llm.reach import mlp_output_renormalised
+
+    assert mlp_output_renormalised(gemma, 6)
+    assert len(patch.entries[0].info["guarded"]) == 8 and patch.entries[0].hparams["guard_subjects"] == 8
     with patch.applied(gemma.model):
         rome, paris = score_continuations(gemma, [(req.text, " Rome"), (req.text, " Paris")])
         text = gemma.generate(req.text, 4)

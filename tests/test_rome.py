@@ -155,3 +155,56 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_multiplies_it():
     assert ROME().hparams.precision == "auto"
     with pytest.raises(RequestError, match="precision"):
         TraceConfig(precision="auto")  # traces take an explicit precision
+
+
+def test_reach_is_the_share_of_the_change_the_update_writes_at_another_key():
+    """ΔW k = (v* − W k*) · reach(k): what the guard rows add to another subject's value is exactly what
+    the rank-one update writes there."""
+    from modeledit.llm.reach import reach
+
+    torch.manual_seed(1)
+    W = torch.randn(6, 10, dtype=torch.float64)
+    A = torch.randn(10, 10, dtype=torch.float64)
+    C = A @ A.T + 0.1 * torch.eye(10, dtype=torch.float64)
+    k_star, v_star = torch.randn(2, 10, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    others = torch.randn(5, 10, dtype=torch.float64)
+    owner = torch.tensor([0, 1, 1, 0, 1])
+    share = reach(C, k_star, others, owner).double()
+    for i in range(5):
+        q = int(owner[i])
+        r, u = rank_one_update(W, C, k_star[q], v_star[q])
+        assert torch.allclose(torch.outer(r, u) @ others[i], (v_star[q] - W @ k_star[q]) * share[i], atol=1e-5)
+    assert reach(C, k_star[0], k_star[:1]).item() == pytest.approx(1.0)
+    assert reach(None, k_star[0], others[:1]).item() == pytest.approx(float(others[0] @ k_star[0] / (k_star[0] @ k_star[0])))
+
+
+def test_guard_rows_weigh_nothing_at_factor_zero_and_are_reported(tiny_factory):
+    """Guard rows are independent rows: at guard_factor 0 the value is the unguarded one. (That they hold
+    their subjects is checked on a real model: test_gemma3.)"""
+    from modeledit.llm.stats import second_moments
+
+    lm = tiny_factory("llama")
+    templates = ["{}", "Some words before it. {}"]
+    C = second_moments(lm, [2], ROME(**FAST).hparams.stats)[2]
+    hp = ValueHyperParams(steps=8, precision="float32")
+    (plain,) = optimise_values(lm, 2, build_rows(lm, REQ, templates), hp)
+    rows = build_rows(lm, REQ, templates, guards=[["The Louvre", "Big Ben", "The Colosseum"]])
+    assert int(rows.is_guard.sum()) == 3 and bool(rows.is_kl[rows.is_guard].all())
+    (zero,) = optimise_values(lm, 2, rows, ValueHyperParams(steps=8, precision="float32", guard_factor=0.0), C=C)
+    assert torch.allclose(zero.delta, plain.delta, atol=1e-5) and zero.steps == plain.steps
+    patch = ROME(layer=2, guard_subjects=2, guard_pool=40, **FAST).edit(lm, REQ)
+    guarded = patch.entries[0].info["guarded"]
+    assert len(guarded) == 2 and all(REQ.subject not in s for s in guarded)
+    with pytest.raises(RequestError, match="guard_pool"):
+        ROME(guard_subjects=5, guard_pool=4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_guard_is_on_by_default_only_where_the_mlp_output_is_normalised_again(tiny_factory, family):
+    """Found by running the block, not by the model's name: Gemma-3 normalises its MLP's output again."""
+    from modeledit.llm.reach import guard_count, mlp_output_renormalised
+
+    lm = tiny_factory(family)
+    assert mlp_output_renormalised(lm, 1) == (family == "gemma3")
+    assert guard_count(lm, 1, None) == (8 if family == "gemma3" else 0)
+    assert guard_count(lm, 1, 3) == 3 and guard_count(lm, 1, 0) == 0

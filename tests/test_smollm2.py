@@ -54,7 +54,33 @@ def test_rome_moves_the_eiffel_tower_and_keeps_the_louvre(smollm2):
     assert "Rome" in text
     assert same_state(smollm2.model, before)
     assert patch.entries[0].info["per_request"]["took"] == [True]
+    assert patch.entries[0].info["guarded"] == {}  # SmolLM2's MLP output reaches the residual as it is: the paper's ROME
     assert patch.entries[0].info["key_reach"] == pytest.approx(1.0, abs=0.2)  # "The Eiffel Tower" reads alike in every context
+
+
+def test_the_guard_keeps_the_subjects_the_update_reaches_from_taking_the_new_target(smollm2):
+    """Plain ROME's Eiffel Tower → Rome makes other landmarks say Rome too (log p rises by nats); with
+    guard_subjects the value optimisation sees the update's share at those subjects and holds them."""
+    from modeledit.llm.request import fill
+
+    guarded = edit(smollm2, REQ, guard_subjects=8, **FAST)
+    subjects = list(guarded.entries[0].info["guarded"])
+    assert len(subjects) == 8 and all("Eiffel" not in s for s in subjects)
+    pairs = [(fill(REQ.prompt, s), " Rome") for s in subjects]
+
+    def lp():
+        return [c.logprob / c.n_tokens for c in score_continuations(smollm2, pairs)]
+
+    base = lp()
+    rises = {}
+    for name, patch in (("plain", edit(smollm2, REQ, **FAST)), ("guarded", guarded)):
+        with patch.applied(smollm2.model):
+            rises[name] = [a - b for a, b in zip(lp(), base)]
+            rome, paris = score_continuations(smollm2, [(REQ.text, " Rome"), (REQ.text, " Paris")])
+        assert rome.logprob > paris.logprob and rome.mean_prob > 0.5, name  # the edit holds either way
+    mean = {k: sum(v) / len(v) for k, v in rises.items()}
+    assert mean["plain"] > 1.0, rises  # the spill the guard is for
+    assert mean["guarded"] < 0.25 * mean["plain"] and max(rises["guarded"]) < 1.0, rises
 
 
 def test_a_subject_first_prompt_is_reached_weakly_and_the_reason_says_so(smollm2):

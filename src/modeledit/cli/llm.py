@@ -45,6 +45,9 @@ def _show_edit(lm, requests, patch, prompts: list[str], tokens: int, shown: int 
              else f"layers {info.get('layers')}" + (f" ({info['layers_reason']})" if info.get("layers_reason") else ""))
     steps = info.get("gradient_steps")
     console.print(f"{where}, {steps} gradient steps" + (f" (request 1 of {len(requests)})" if len(requests) > 1 else ""))
+    if info.get("guarded"):
+        held = ", ".join(f"{s} ({r:.2f})" for s, r in list(info["guarded"].items())[:4])
+        console.print(f"guarded: {len(info['guarded'])} subjects the update reaches most were held (reach): {held}, ...")
     beats = 0
     for i, r in enumerate(requests):
         # after the edit: the probabilities the edit's outcome check took with the patch applied (outcome.py)

@@ -15,7 +15,7 @@ Gupta et al. 2024). Here the averaged key is used in all three places, so W' k* 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -27,6 +27,7 @@ from modeledit.llm.model import LanguageModel
 from modeledit.llm.method import LLMMethod, as_requests, check_layers
 from modeledit.llm.outcome import record_outcomes
 from modeledit.llm.precision import resolve_precision
+from modeledit.llm.reach import guard_count, most_reached
 from modeledit.llm.request import Request
 from modeledit.llm.stats import second_moments
 from modeledit.llm.tokens import TOKEN_CLASSES
@@ -58,9 +59,22 @@ class ROMEHyperParams(MemoryEditHyperParams):
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ 4‖v₀‖ at the MLP output
     mom2_adjustment: bool = True  # use C⁻¹ (EasyEdit ships ROME with this off: not the paper's method)
     token: str = "last_subject"  # the edit site; the sweep's other positions: tokens.TOKEN_CLASSES
+    # ours, not the paper's: hold the n pool subjects that the update reaches most — in the request's prompt,
+    # given the update's share of δ at every token, their next-token distribution (KL) and their log p of the
+    # new target (no rise) — reach.py. 0: the paper's ROME; None: 8 where the block normalises the MLP's
+    # output again (Gemma-2/3), else 0
+    guard_subjects: int | None = None
+    guard_factor: float = 1.0  # weight of their KL and of their rise in log p(new target)
+    guard_pool: int = 2000  # pool size (article titles of the embedded corpus)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.guard_subjects is not None and (not isinstance(self.guard_subjects, int) or self.guard_subjects < 0):
+            raise RequestError("guard_subjects", f"must be an integer ≥ 0 (or None: by the model), got {self.guard_subjects!r}")
+        if not isinstance(self.guard_pool, int) or self.guard_pool < max(8, self.guard_subjects or 0):
+            raise RequestError("guard_pool", f"must be an integer ≥ 8 and ≥ guard_subjects, got {self.guard_pool!r}")
+        if not (isinstance(self.guard_factor, (int, float)) and 0 <= self.guard_factor < float("inf")):
+            raise RequestError("guard_factor", f"must be a finite number ≥ 0, got {self.guard_factor!r}")
         if self.token not in TOKEN_CLASSES:
             raise RequestError("token", f"{self.token!r} is not a token position; choose one of {', '.join(TOKEN_CLASSES)}")
 
@@ -128,13 +142,21 @@ class ROME(LLMMethod):
         layer = self.layer(lm)
         C = second_moments(lm, [layer], hp.stats)[layer] if hp.mom2_adjustment else None
         templates = context_templates(lm, hp.context_spec, hp.context_seed)
-        results = compute_values(lm, layer, requests, templates, (hp.kl_prompt,), hp.value, token=hp.token, progress=progress)
+        n_guards = guard_count(lm, layer, hp.guard_subjects)
+        guards = [most_reached(lm, layer, C, r.subject, n_guards, hp.guard_pool) for r in requests] if n_guards else ()
+        value_hp = replace(hp.value, guard_factor=hp.guard_factor)
+        results = compute_values(
+            lm, layer, requests, templates, (hp.kl_prompt,), value_hp, token=hp.token, guards=guards, C=C, progress=progress
+        )
         weight_name = lm.layout.weight_name(layer)
         W = lm.model.get_parameter(weight_name).detach()
         W_math = W.T if lm.layout.mlp_out_transposed else W  # (out, in)
-        return [self._patch(lm, layer, weight_name, W_math, C, request, res) for request, res in zip(requests, results)]
+        return [
+            self._patch(lm, layer, weight_name, W_math, C, request, res, list(guards[i]) if guards else [])
+            for i, (request, res) in enumerate(zip(requests, results))
+        ]
 
-    def _patch(self, lm: LanguageModel, layer: int, weight_name: str, W_math, C, request: Request, res) -> Patch:
+    def _patch(self, lm: LanguageModel, layer: int, weight_name: str, W_math, C, request: Request, res, guards: list[str]) -> Patch:
         hp = self.hparams
         v_star = res.v0 + res.delta
         r, u = rank_one_update(W_math, C, res.k_star, v_star)
@@ -155,6 +177,7 @@ class ROME(LLMMethod):
             # how much of the change written at the averaged key reaches the prompt's own key (1: all of it)
             "key_reach": float((u[:, 0].double() @ res.k_prompt.to(u.device).double()) / (u[:, 0].double() @ res.k_star.to(u.device).double())),
             "precision": resolve_precision(hp.precision, lm.device),
+            "guarded": dict(zip(guards, [round(r, 4) for r in res.guard_reach])),  # subject: reach
         }
         log.info("ROME at layer %d: %d steps, p(target) %.3f -> %.3f", layer, res.steps, *res.target_prob)
-        return self.patch(lm, {weight_name: delta}, [request], {**asdict(hp), "layer": layer}, info)
+        return self.patch(lm, {weight_name: delta}, [request], {**asdict(hp), "layer": layer, "guard_subjects": len(guards)}, info)

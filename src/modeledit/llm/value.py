@@ -30,6 +30,7 @@ from modeledit.llm.hooks import Hooks
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, eager_attention, split_rows
 from modeledit.llm.precision import check_precision, computing_in, resolve_precision
+from modeledit.llm.reach import reach
 from modeledit.llm.request import Request
 from modeledit.llm.rows import Rows, build_rows
 from modeledit.llm.stats import StatsConfig
@@ -46,6 +47,7 @@ class ValueHyperParams:
     weight_decay: float = 0.5  # times ‖δ‖ / ‖v₀‖², as the reference code writes it
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ clamp · ‖v₀‖
     precision: str = "auto"  # what the loop's matmuls compute in (precision.py)
+    guard_factor: float = 1.0  # weight of the guard rows' terms (KL, rise of the new target: reach.py), if any
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class ValueResult:
     losses: list[float] = field(default_factory=list)
     target_prob: tuple[float, float] = (0.0, 0.0)  # mean target probability before, after
     seconds: float = 0.0  # wall time of the batch it was optimised in, shared out evenly
+    guard_reach: list[float] = field(default_factory=list)  # the reach of each guard row's key (reach.py)
 
 
 class frozen_weights:
@@ -126,16 +129,21 @@ def _at(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor
     return t[rows.to(t.device), cols.to(t.device)]
 
 
-def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperParams, at: str = "mlp_out") -> list[ValueResult]:
+def optimise_values(
+    lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperParams, at: str = "mlp_out", C: torch.Tensor | None = None
+) -> list[ValueResult]:
     """δ for every request of ``rows``, added at ``at`` = "mlp_out" (the MLP output projection, ROME) or
-    "block" (the block's output, MEMIT) of ``layer``."""
+    "block" (the block's output, MEMIT) of ``layer``. Guard rows (``rows.is_guard``, "mlp_out" only) get
+    δ times the reach of their key (``reach.py``, with the key statistics ``C`` of the update)."""
+    if rows.is_guard.any() and at != "mlp_out":
+        raise ValueError("guard rows need the edit site 'mlp_out' (their reach is a rank-one update's)")
     t0 = time.perf_counter()
     model, layout = lm.model, lm.layout
     proj = layout.mlp_out[layer]
     site = proj if at == "mlp_out" else layout.blocks[layer]
     n, R = rows.n_requests, rows.input_ids.shape[0]
     dev = rows.input_ids.device
-    split = split_rows(rows.input_ids, rows.attention_mask, rows.site, getattr(lm.config, "sliding_window", None))
+    split = split_rows(rows.input_ids, rows.attention_mask, rows.start, getattr(lm.config, "sliding_window", None))
     pf = PartialForward(lm, layer, split)
 
     every = torch.arange(R, device=dev)
@@ -150,34 +158,46 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
     tokens_per_row = torch.bincount(t_rows, minlength=R).float()
     t_weight = 1.0 / tokens_per_row[t_rows]
     row_weight = 1.0 / rewrite_rows[owner]
-    kl_per_request = torch.bincount(owner[k_rows], minlength=n).float().clamp(min=1)
-    k_weight = 1.0 / kl_per_request[owner[k_rows]]
+    # each KL entry's weight: the KL prompts share kl_factor, the guard rows guard_factor, per request
+    k_guard = rows.is_guard[k_rows]
+    k_factor = torch.where(k_guard, hp.guard_factor, hp.kl_factor)
+    kl_per_kind = torch.bincount(owner[k_rows] * 2 + k_guard.long(), minlength=2 * n).float().clamp(min=1)
+    k_weight = k_factor / kl_per_kind[owner[k_rows] * 2 + k_guard.long()]
+
+    g_rows, g_cols = rows.guard_rows, split.cols(rows.guard_rows, rows.guard_cols)
+    g_weight = 1.0 / torch.bincount(g_rows, minlength=R).float().clamp(min=1)[g_rows]
+    guard_per_request = torch.bincount(owner[rows.is_guard], minlength=n).float().clamp(min=1)
 
     def scores(hidden, keep_rows):
         """On the rows kept: each request's mean over its rewrite rows of the target's token-mean
         log-probability (teacher-forced) and of the token-mean probability exp(that), both (n,); the
-        log-distributions at the KL positions and which KL entries were kept. One pass through the
-        output layer for both (it is the widest matmul of the step)."""
+        log-distributions at the KL positions and which KL entries were kept; each guard row's token-mean
+        log-probability of the new target (R,), 0 for other rows. One pass through the output layer for
+        all of them (it is the widest matmul of the step)."""
         pos = torch.full((R,), -1, dtype=torch.long, device=dev)
         pos[keep_rows] = torch.arange(len(keep_rows), device=dev)
-        sel_t, sel_k = pos[t_rows] >= 0, pos[k_rows] >= 0
+        sel_t, sel_k, sel_g = pos[t_rows] >= 0, pos[k_rows] >= 0, pos[g_rows] >= 0
         at_t = _at(hidden, pos[t_rows[sel_t]], t_cols[sel_t])
         at_k = _at(hidden, pos[k_rows[sel_k]], k_cols[sel_k])
+        at_g = _at(hidden, pos[g_rows[sel_g]], g_cols[sel_g])
         # the output layer may sit on another device than the inputs (a device map): the bookkeeping stays on `dev`
-        logp = torch.log_softmax(lm.logits(torch.cat([at_t, at_k])).float(), dim=-1).to(dev)
-        tok = logp[: len(at_t)].gather(1, rows.target_ids[sel_t][:, None])[:, 0]
+        logp = torch.log_softmax(lm.logits(torch.cat([at_t, at_k, at_g])).float(), dim=-1).to(dev)
+        nt, nk = len(at_t), len(at_k)
+        tok = logp[:nt].gather(1, rows.target_ids[sel_t][:, None])[:, 0]
         row_lp = _per_request(tok, t_rows[sel_t], t_weight[sel_t], R)  # (R,), 0 for rows not kept
         mine = (pos[every] >= 0) & rewrite
         lp = _per_request(row_lp[mine], owner[mine], row_weight[mine], n)
         prob = _per_request(row_lp[mine].detach().exp(), owner[mine], row_weight[mine], n)
-        return lp, prob, logp[len(at_t) :], sel_k
+        g_tok = logp[nt + nk :].gather(1, rows.guard_ids[sel_g][:, None])[:, 0]
+        guard_lp = _per_request(g_tok, g_rows[sel_g], g_weight[sel_g], R)
+        return lp, prob, logp[nt : nt + nk], sel_k, guard_lp
 
     # pass 1: the unedited model in its own precision (the keys and values the update uses), every layer
     with torch.no_grad(), Hooks(model) as hooks:
         rec_proj = hooks.record(proj, inputs=True, outputs=at == "mlp_out")
         rec_site = rec_proj if at == "mlp_out" else hooks.record(site, outputs=True)
         hidden = pf.first(hooks)
-        _, p_before, kl_init, _ = scores(hidden, every)
+        _, p_before, kl_init, _, guard_init = scores(hidden, every)
     first = rows.first_rows
     # keys, values and the delta live on the edit site's device (a device map may put it on another device
     # than the inputs, where the rows' bookkeeping stays: `dev`)
@@ -188,6 +208,15 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
         on = lambda t: t.to(keys.device)  # noqa: E731
         k_star = _per_request(keys[on(rewrite)], on(owner)[on(rewrite)], on(row_weight)[on(rewrite)][:, None], n)
         k_prompt = keys[on(first)]
+    # how much of δ a guard row's tokens get (suffix columns): at each, the share the rank-one update gives
+    # that token's key (its reach); every other row gets all of δ at its edit site
+    share = torch.zeros(split.suffix_ids.shape, device=dev)
+    if rows.is_guard.any():
+        g = rows.is_guard.nonzero()[:, 0]
+        on_g = rec_proj.input[g.to(rec_proj.input.device)]  # (guards, S, intermediate)
+        own = owner[g][:, None].expand(-1, on_g.shape[1]).reshape(-1)
+        share[g] = reach(C, k_star, on_g.reshape(-1, on_g.shape[-1]), own).to(dev).reshape(len(g), -1)
+        share[g] *= split.mask[g, split.prefix_ids.shape[1] :].float()  # not on padding
     if not (torch.isfinite(v0).all() and torch.isfinite(kl_init).all() and (k_star is None or torch.isfinite(k_star).all())):
         raise EditFailedError("the unedited model produces non-finite activations on this request; check the model's dtype")
     del rec_proj, rec_site, hidden
@@ -203,25 +232,36 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
     p_after = p_before.clone()
 
     def add_delta(out):  # on the edit site's device
-        i, col = torch.arange(len(kept), device=out.device), site_col[kept].to(out.device)
-        return out.index_put((i, col), out[i, col] + delta[owner[kept].to(delta.device)].to(out.device, out.dtype))
+        own, guarded = owner[kept].to(delta.device), rows.is_guard[kept]
+        i = (~guarded).nonzero()[:, 0]  # δ at the edit site
+        col = site_col[kept][i]
+        out = out.index_put((i.to(out.device), col.to(out.device)), out[i, col] + delta[own[i]].to(out.device, out.dtype))
+        if guarded.any():  # δ times its reach at every token
+            j = guarded.nonzero()[:, 0]
+            d = share[kept[j]].to(delta.device)[:, :, None] * delta[own[j]][:, None, :]
+            out = out.index_put((j.to(out.device),), out[j] + d.to(out.device, out.dtype))
+        return out
 
     with computing_in(model, hp.precision), frozen_weights(model), eager_attention(model):
         if resolve_precision(hp.precision, dev) != "float32":
             # the KL reference in the loop's own precision, so that the KL term measures what δ changes
             with torch.no_grad(), Hooks(model) as hooks:
                 pf.install(hooks)
-                kl_init = scores(pf(), every)[2]
+                _, _, kl_init, _, guard_init = scores(pf(), every)
         with Hooks(model) as hooks:
             pf.install(hooks)
             hooks.edit_output(site, add_delta)
             for step in range(hp.steps):
                 opt.zero_grad(set_to_none=True)
-                tgt_lp, p_now, kl_new, sel = scores(pf(), kept)
+                tgt_lp, p_now, kl_new, sel, guard_lp = scores(pf(), kept)
                 kl_each = F.kl_div(kl_init[sel], kl_new, log_target=True, reduction="none").sum(-1)
                 kl = _per_request(kl_each, owner[k_rows[sel]], k_weight[sel], n)
                 decay = (hp.weight_decay * delta.norm(dim=1) / v0_norm**2).to(dev)
-                loss = -tgt_lp + hp.kl_factor * kl + decay  # (n,): each request's own loss
+                # a guard row must not come to prefer the new target: its rise in log-probability costs
+                g_kept = rows.is_guard & (torch.zeros(R, dtype=torch.bool, device=dev).index_fill(0, kept, True))
+                rise = (guard_lp - guard_init).clamp(min=0)[g_kept]
+                guard = hp.guard_factor * _per_request(rise, owner[g_kept], 1.0 / guard_per_request[owner[g_kept]], n)
+                loss = -tgt_lp + kl + guard + decay  # (n,): each request's own loss
                 live = loss[active]
                 if not torch.isfinite(live).all():
                     raise EditFailedError(
@@ -262,6 +302,7 @@ def optimise_values(lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperPar
             losses=losses[i],
             target_prob=(float(p_before[i]), float(p_after[i])),
             seconds=seconds,
+            guard_reach=share[rows.is_guard & (owner == i), site_col[rows.is_guard & (owner == i)]].tolist(),
         )
         for i in range(n)
     ]
@@ -277,6 +318,8 @@ def compute_values(
     *,
     at: str = "mlp_out",
     token: str = "last_subject",
+    guards: Sequence[Sequence[str]] = (),
+    C: torch.Tensor | None = None,
     chunk: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[ValueResult]:
@@ -284,7 +327,8 @@ def compute_values(
     requests ordered by the length of what follows their subject (prompt and target), so that a batch's
     rows have suffixes of about one length and little of each pass is padding (the requests are
     independent: the order changes no result); the results come back in the requests' order. ``token``:
-    the edit site's token class (the last subject token; the sweep's others: ``tokens.TOKEN_CLASSES``)."""
+    the edit site's token class (the last subject token; the sweep's others: ``tokens.TOKEN_CLASSES``);
+    ``guards[i]``: other subjects held in request i's prompt, with ``C`` the update's key statistics."""
     def tail(r: Request) -> int:
         return len(lm.tokenizer(r.prompt.split("{}", 1)[1] + r.target, add_special_tokens=False)["input_ids"])
 
@@ -293,8 +337,8 @@ def compute_values(
     done = 0
     for b in range(0, len(order), chunk):
         idx = order[b : b + chunk]
-        rows = build_rows(lm, [requests[i] for i in idx], templates, kl_prompts, token)
-        for i, v in zip(idx, optimise_values(lm, layer, rows, hp, at)):
+        rows = build_rows(lm, [requests[i] for i in idx], templates, kl_prompts, token, [guards[i] for i in idx] if guards else ())
+        for i, v in zip(idx, optimise_values(lm, layer, rows, hp, at, C)):
             out[i] = v
         done += len(idx)
         if progress:

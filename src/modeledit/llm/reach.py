@@ -1,0 +1,117 @@
+"""How far a ROME update reaches other subjects, and which subjects of a pool it reaches most.
+
+ROME writes ΔW = (v* − W k*) uᵀ / (uᵀk*) with u = C⁻¹k*: any other key k gets the same change of value
+scaled by its *reach* uᵀk / uᵀk* (1 at k* itself). The value optimisation only sees the edited subject,
+so a long δ — which the optimisation favours where the MLP's output is normalised again, as in Gemma-3 —
+moves every subject whose key the update reaches. The guard (``ROMEHyperParams.guard_subjects``) lets it
+see them: the subjects of a pool (the embedded corpus's article titles: people, places, works) that the
+update reaches most are put into the request's own prompt, get δ times their reach at their last token
+— the rank-one update's exact effect there, up to ``v₀ − W k*`` — and their next-token distribution is
+held by a KL term.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+
+from modeledit.llm.corpus import embedded_titles
+from modeledit.llm.hooks import Hooks
+from modeledit.llm.model import LanguageModel
+from modeledit.llm.tokens import pad_right
+
+
+def reach(C: torch.Tensor | None, k_star: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
+    """uᵀk / uᵀk* with u = C⁻¹k* (C None: u = k*) for each row k of ``keys`` (m, d): against one key
+    ``k_star`` (d,), or against ``k_star[owner[i]]`` for row i when ``k_star`` is (n, d). Float32, on
+    ``keys``' device; one solve for all the keys."""
+    ks = k_star.to(torch.float64).reshape(-1, k_star.shape[-1])  # (n, d)
+    U = ks if C is None else torch.linalg.solve(C.to(ks.device, torch.float64), ks.T).T  # (n, d)
+    own = torch.zeros(len(keys), dtype=torch.long, device=ks.device) if owner is None else owner.to(ks.device)
+    k = keys.to(ks.device, torch.float64)
+    r = (k * U[own]).sum(1) / (U * ks).sum(1)[own]
+    return r.to(keys.device, torch.float32)
+
+
+@torch.no_grad()
+def subject_keys(lm: LanguageModel, layer: int, subjects: Sequence[str], chunk: int = 256) -> torch.Tensor:
+    """(len(subjects), intermediate) the input of ``layer``'s MLP output projection at each bare subject's
+    last token (the key ROME writes at, without a prompt around it), float32."""
+    proj = lm.layout.mlp_out[layer]
+    out = []
+    for b in range(0, len(subjects), chunk):
+        seqs = [lm.tokenizer(s)["input_ids"] for s in subjects[b : b + chunk]]
+        ids, mask = pad_right(seqs, lm.tokenizer.pad_token_id, lm.device)
+        with Hooks(lm.model) as hooks:
+            rec = hooks.record(proj, inputs=True, outputs=False)
+            hooks.stop_after(proj)
+            lm.run(ids, attention_mask=mask)
+        last = (mask.sum(1) - 1).to(rec.input.device)
+        out.append(rec.input[torch.arange(len(seqs), device=last.device), last].float().cpu())
+    return torch.cat(out)
+
+
+def pool(lm: LanguageModel, layer: int, size: int) -> tuple[list[str], torch.Tensor]:
+    """``size`` subjects (article titles of the embedded corpus, without a parenthesised qualifier) and
+    their keys at ``layer``, kept in the model's memo while its weights stay as they are."""
+    key = f"reach-pool-{layer}-{size}"
+    hit = lm.memo.get(key)
+    if hit is not None and hit[0] == lm.state():
+        return hit[1], hit[2]
+    titles = list(dict.fromkeys(re.sub(r"\s*\(.*\)$", "", t).strip() for t in embedded_titles(size)))
+    titles = [t for t in titles if t and "{" not in t and "}" not in t]
+    keys = subject_keys(lm, layer, titles)
+    lm.memo[key] = (lm.state(), titles, keys)
+    return titles, keys
+
+
+@torch.no_grad()
+def mlp_output_renormalised(lm: LanguageModel, layer: int) -> bool:
+    """Whether the block normalises its MLP's output again before adding it to the residual (Gemma-2/3's
+    ``post_feedforward_layernorm``), found by doubling the MLP's output on a short text: where the block's
+    output does not move, the value's length cannot be seen and only its direction counts. Kept in the memo."""
+    key = f"mlp-renormalised-{layer}"
+    if key not in lm.memo:
+        ids = torch.tensor([lm.tokenizer("The city of Paris")["input_ids"]], device=lm.device)
+        outs = []
+        for scale in (1.0, 2.0):
+            with Hooks(lm.model) as hooks:
+                if scale != 1.0:
+                    hooks.edit_output(lm.layout.mlp[layer], lambda o, s=scale: o * s)
+                mlp = hooks.record(lm.layout.mlp[layer], outputs=True)
+                block = hooks.record(lm.layout.blocks[layer], outputs=True)
+                hooks.stop_after(lm.layout.blocks[layer])
+                lm.run(ids)
+            outs.append((mlp.output.float(), block.output.float()))
+        # doubling adds the MLP's output once more: does the block's output move by it? (past the first
+        # token, where attention sinks carry huge activations; the rest is float32 rounding of a large residual)
+        moved = (outs[1][1] - outs[0][1])[:, 1:].norm() / outs[0][0][:, 1:].norm()
+        lm.memo[key] = bool(moved < 0.5)  # 1 where it is added as it is; ≤ 0.22 on every Gemma-3 layer (rounding)
+    return lm.memo[key]
+
+
+def guard_count(lm: LanguageModel, layer: int, asked: int | None) -> int:
+    """The number of guard subjects: as asked, or (None) 8 where the MLP's output is normalised again
+    (there ROME's value runs to its clamp and spills: see the README's "Gemma-3"), else 0 — the paper's ROME."""
+    if asked is not None:
+        return asked
+    return 8 if mlp_output_renormalised(lm, layer) else 0
+
+
+def most_reached(lm: LanguageModel, layer: int, C: torch.Tensor | None, subject: str, n: int, size: int = 2000) -> list[str]:
+    """The ``n`` subjects of the pool that an update written at ``subject``'s key reaches most (other than
+    the subject itself, or one containing it or contained in it)."""
+    titles, keys = pool(lm, layer, size)
+    r = reach(C, subject_keys(lm, layer, [subject])[0], keys)
+    s = subject.casefold()
+    picked = []
+    for i in torch.argsort(r, descending=True).tolist():
+        t = titles[i].casefold()
+        if t in s or s in t:
+            continue
+        picked.append(titles[i])
+        if len(picked) == n:
+            break
+    return picked
