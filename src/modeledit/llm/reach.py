@@ -23,16 +23,21 @@ from modeledit.llm.model import LanguageModel
 from modeledit.llm.tokens import pad_right
 
 
+def directions(C: torch.Tensor | None, k_star: torch.Tensor) -> torch.Tensor:
+    """(n, d) float64: for each key k* (rows of ``k_star``, or one (d,)), u = C⁻¹k* (C None: k*) scaled so
+    that uᵀk* = 1 — the reach of any key k is then uᵀk. One solve for all."""
+    ks = k_star.to(torch.float64).reshape(-1, k_star.shape[-1])
+    U = ks if C is None else torch.linalg.solve(C.to(ks.device, torch.float64), ks.T).T
+    return U / (U * ks).sum(1, keepdim=True)
+
+
 def reach(C: torch.Tensor | None, k_star: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
     """uᵀk / uᵀk* with u = C⁻¹k* (C None: u = k*) for each row k of ``keys`` (m, d): against one key
     ``k_star`` (d,), or against ``k_star[owner[i]]`` for row i when ``k_star`` is (n, d). Float32, on
-    ``keys``' device; one solve for all the keys."""
-    ks = k_star.to(torch.float64).reshape(-1, k_star.shape[-1])  # (n, d)
-    U = ks if C is None else torch.linalg.solve(C.to(ks.device, torch.float64), ks.T).T  # (n, d)
-    own = torch.zeros(len(keys), dtype=torch.long, device=ks.device) if owner is None else owner.to(ks.device)
-    k = keys.to(ks.device, torch.float64)
-    r = (k * U[own]).sum(1) / (U * ks).sum(1)[own]
-    return r.to(keys.device, torch.float32)
+    ``keys``' device."""
+    U = directions(C, k_star)
+    own = torch.zeros(len(keys), dtype=torch.long, device=U.device) if owner is None else owner.to(U.device)
+    return (keys.to(U.device, torch.float64) * U[own]).sum(1).to(keys.device, torch.float32)
 
 
 @torch.no_grad()
@@ -100,18 +105,21 @@ def guard_count(lm: LanguageModel, layer: int, asked: int | None) -> int:
     return 8 if mlp_output_renormalised(lm, layer) else 0
 
 
-def most_reached(lm: LanguageModel, layer: int, C: torch.Tensor | None, subject: str, n: int, size: int = 2000) -> list[str]:
-    """The ``n`` subjects of the pool that an update written at ``subject``'s key reaches most (other than
-    the subject itself, or one containing it or contained in it)."""
+def most_reached(lm: LanguageModel, layer: int, C: torch.Tensor | None, subjects: Sequence[str], n: int, size: int = 2000) -> list[list[str]]:
+    """For each subject, the ``n`` subjects of the pool that an update written at its key reaches most
+    (other than the subject itself, or one containing it or contained in it); one pass and one solve for all."""
     titles, keys = pool(lm, layer, size)
-    r = reach(C, subject_keys(lm, layer, [subject])[0], keys)
-    s = subject.casefold()
-    picked = []
-    for i in torch.argsort(r, descending=True).tolist():
-        t = titles[i].casefold()
-        if t in s or s in t:
-            continue
-        picked.append(titles[i])
-        if len(picked) == n:
-            break
-    return picked
+    U = directions(C, subject_keys(lm, layer, subjects))  # (m, d)
+    r = (U @ keys.to(U.device, torch.float64).T).float()  # (m, pool): each subject's reach of each title
+    out = []
+    for subject, row in zip(subjects, r):
+        s, picked = subject.casefold(), []
+        for i in torch.argsort(row, descending=True).tolist():
+            t = titles[i].casefold()
+            if t in s or s in t:
+                continue
+            picked.append(titles[i])
+            if len(picked) == n:
+                break
+        out.append(picked)
+    return out

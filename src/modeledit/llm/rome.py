@@ -143,7 +143,7 @@ class ROME(LLMMethod):
         C = second_moments(lm, [layer], hp.stats)[layer] if hp.mom2_adjustment else None
         templates = context_templates(lm, hp.context_spec, hp.context_seed)
         n_guards = guard_count(lm, layer, hp.guard_subjects)
-        guards = [most_reached(lm, layer, C, r.subject, n_guards, hp.guard_pool) for r in requests] if n_guards else ()
+        guards = most_reached(lm, layer, C, [r.subject for r in requests], n_guards, hp.guard_pool) if n_guards else ()
         value_hp = replace(hp.value, guard_factor=hp.guard_factor)
         results = compute_values(
             lm, layer, requests, templates, (hp.kl_prompt,), value_hp, token=hp.token, guards=guards, C=C, progress=progress
