@@ -5,9 +5,10 @@ scaled by its *reach* uᵀk / uᵀk* (1 at k* itself). The value optimisation on
 so a long δ — which the optimisation favours where the MLP's output is normalised again, as in Gemma-3 —
 moves every subject whose key the update reaches. The guard (``ROMEHyperParams.guard_subjects``) lets it
 see them: the subjects of a pool (the embedded corpus's article titles: people, places, works) that the
-update reaches most are put into the request's own prompt, get δ times their reach at their last token
-— the rank-one update's exact effect there, up to ``v₀ − W k*`` — and their next-token distribution is
-held by a KL term.
+update reaches most are put into the request's own prompt followed by its new target, get δ times the
+reach of each of their tokens' keys — the rank-one update's exact effect there, up to ``v₀ − W k*`` —
+and are held by a KL term on their next-token distribution and a penalty on any rise of their
+log-probability of the new target (``value.py``).
 """
 
 from __future__ import annotations

@@ -258,7 +258,7 @@ def optimise_values(
                 kl = _per_request(kl_each, owner[k_rows[sel]], k_weight[sel], n)
                 decay = (hp.weight_decay * delta.norm(dim=1) / v0_norm**2).to(dev)
                 # a guard row must not come to prefer the new target: its rise in log-probability costs
-                g_kept = rows.is_guard & (torch.zeros(R, dtype=torch.bool, device=dev).index_fill(0, kept, True))
+                g_kept = rows.is_guard & active[owner]  # the guard rows still run
                 rise = (guard_lp - guard_init).clamp(min=0)[g_kept]
                 guard = hp.guard_factor * _per_request(rise, owner[g_kept], 1.0 / guard_per_request[owner[g_kept]], n)
                 loss = -tgt_lp + kl + guard + decay  # (n,): each request's own loss
