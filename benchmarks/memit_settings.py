@@ -1,12 +1,15 @@
-"""How MEMIT's layer range and λ were chosen for SmolLM2, on *training* cases (counterfact-train.json), so
-that the validation figures are not tuned on.
+"""How MEMIT's layer range and λ were chosen for SmolLM2, on cases no evaluation reads (CounterFact: of
+counterfact-train.json; zsRE: after the first 500 of zsre-train-1k.json, the evaluation's), so that the
+evaluated figures are not tuned on.
 
-The targets z (the expensive part) depend only on the last layer of the range, so they are computed once
-for the batch; each (layers, λ) setting then only reads keys, solves and scores. Prints ES / PS / NS
-(×100, answers compared by token-mean log-probability) of the batch edited jointly, and how far the
-residual stream got toward z.
+The targets z (the expensive part) depend only on the last layer of the range and on the value settings
+(``--set steps=40 --set stop_on=target``, any field of MEMIT's), so they are computed once for the batch;
+each (layers, λ) setting then only reads keys, solves and scores. Prints the benchmark's three scores ×100
+(CounterFact: ES / PS / NS, answers compared by token-mean log-probability; zsRE: efficacy / paraphrase /
+specificity, top-1 token accuracy) of the batch edited jointly, and how far the residual stream got toward z.
 
     python benchmarks/memit_settings.py [--cases 64] [--out runs/memit-settings]
+    python benchmarks/memit_settings.py --benchmark zsre --skip 500 --set steps=40 --set stop_on=target --out runs/memit-settings-zsre
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from pathlib import Path
 import torch
 
 import modeledit as me
-from modeledit.llm.bench.counterfact import CounterFact, load_counterfact
+from modeledit.llm.bench import get_benchmark
 from modeledit.llm.contexts import context_templates
-from modeledit.llm.memit import MEMIT
+from modeledit.llm.memit import MEMIT, MEMITHyperParams
+from modeledit.llm.method import parse_settings
 from modeledit.llm.stats import second_moments
 from modeledit.llm.value import compute_values
 from modeledit.patch import Patch
@@ -31,8 +35,10 @@ from modeledit.report import mean
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--benchmark", choices=["counterfact", "zsre"], default="counterfact")
     ap.add_argument("--cases", type=int, default=64)
-    ap.add_argument("--skip", type=int, default=1000, help="start after these training cases (kept apart for other runs)")
+    ap.add_argument("--skip", type=int, default=1000, help="start after these cases (kept apart for other runs; zsRE: at least 500)")
+    ap.add_argument("--set", action="append", default=[], help="a MEMIT setting for the targets, e.g. steps=40")
     ap.add_argument("--last", type=int, default=10)
     ap.add_argument("--firsts", default="10,8,6,4")
     ap.add_argument("--lambdas", default="15000,4800,1500,500")
@@ -41,12 +47,17 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.benchmark == "zsre" and args.skip < 500:
+        raise SystemExit("--skip: the first 500 zsRE cases are the evaluation's; tune on later ones")
     lm = me.load_model("smollm2-135m", device="cpu")
-    cases = load_counterfact(Path(args.data) / "counterfact-train.json", args.skip + args.cases)[args.skip :]
-    requests = [c.request for c in cases]
+    bench = get_benchmark(args.benchmark, gen_tokens=0)
+    data = Path(args.data) / ("counterfact-train.json" if args.benchmark == "counterfact" else "zsre-train-1k.json")
+    cases = bench.load(data, args.skip + args.cases)[args.skip :]
+    requests = [r for c in cases for r in bench.requests(c)]
     firsts = [int(x) for x in args.firsts.split(",")]
-    memit = MEMIT()
-    hp = memit.hparams
+    settings = parse_settings(MEMITHyperParams, args.set)
+    hp = MEMIT(**settings).hparams
+    keys = ("efficacy_score", "paraphrase_score", "neighborhood_score") if args.benchmark == "counterfact" else ("efficacy", "paraphrase", "specificity")
     all_layers = list(range(min(firsts), args.last + 1))
     moments = second_moments(lm, all_layers, hp.stats)
     templates = context_templates(lm, hp.context_spec, hp.context_seed)
@@ -55,26 +66,25 @@ def main() -> None:
     print(f"targets of {len(requests)} requests at layer {args.last}: {time.perf_counter() - t:.0f} s", flush=True)
     z = torch.stack([v.v0 + v.delta for v in values])
     v0 = torch.stack([v.v0 for v in values])
-    bench = CounterFact(gen_tokens=0)
     pre = [bench.score(lm, c) for c in cases]
-    rows = [{"setting": "unedited", **{k: 100 * mean(p[k] for p in pre) for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")}}]
-    print(f"{'layers':>8} {'lambda':>7} {'ES':>6} {'PS':>6} {'NS':>6} {'left':>6}")
-    print(f"{'unedited':>16} {rows[0]['efficacy_score']:6.1f} {rows[0]['paraphrase_score']:6.1f} {rows[0]['neighborhood_score']:6.1f}")
+    rows = [{"setting": "unedited", **{k: 100 * mean(p[k] for p in pre) for k in keys}}]
+    names = ("ES", "PS", "NS") if args.benchmark == "counterfact" else ("eff", "para", "spec")
+    print(f"{'layers':>8} {'lambda':>7} {names[0]:>6} {names[1]:>6} {names[2]:>6} {'left':>6}")
+    print(f"{'unedited':>16} " + " ".join(f"{rows[0][k]:6.1f}" for k in keys))
     for first in firsts:
         layers = list(range(first, args.last + 1))
         for lam in [float(x) for x in args.lambdas.split(",")]:
-            m = MEMIT(layers=tuple(layers), mom2_update_weight=lam)
+            m = MEMIT(**{**settings, "layers": tuple(layers), "mom2_update_weight": lam})
             deltas, final = m.spread(lm, requests, z, layers, moments, templates)
             patch = Patch.from_deltas(lm.model, deltas, method="memit", hparams={}, requests=[r.to_dict() for r in requests])
             with patch.applied(lm):
-                post = [bench.score(lm, c) for c in cases]
+                post = [bench.score(lm, c, p) for c, p in zip(cases, pre)]
             left = float((final - z).norm(dim=1).mean() / (z - v0).norm(dim=1).mean())
-            row = {"layers": layers, "lambda": lam, "left": left,
-                   **{k: 100 * mean(p[k] for p in post) for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")}}
+            row = {"layers": layers, "lambda": lam, "left": left, **{k: 100 * mean(p[k] for p in post) for k in keys}}
             rows.append(row)
-            print(f"{first:>3}-{args.last:<4} {lam:7.0f} {row['efficacy_score']:6.1f} {row['paraphrase_score']:6.1f} "
-                  f"{row['neighborhood_score']:6.1f} {left:6.2f}", flush=True)
-    (out / "settings.json").write_text(json.dumps({"cases": len(cases), "skip": args.skip, "rows": rows}, indent=1))
+            print(f"{first:>3}-{args.last:<4} {lam:7.0f} " + " ".join(f"{row[k]:6.1f}" for k in keys) + f" {left:6.2f}", flush=True)
+    (out / "settings.json").write_text(json.dumps({"benchmark": args.benchmark, "cases": len(cases), "skip": args.skip,
+                                                   "settings": settings, "rows": rows}, indent=1))
     print(f"written: {out / 'settings.json'}")
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import modeledit as me
-from modeledit import DataError, PatchError, RequestError
+from modeledit import DataError, Patch, PatchError, RequestError
 from modeledit.llm.mend import MEND, edited_weights, nll_per_edit
 from modeledit.llm.mend_data import EDIT, build_rows, load_training_cases
 from modeledit.llm.mend_editor import FILE, MENDEditor, default_editor_path
@@ -127,19 +127,21 @@ def test_edits_side_by_side_are_single_edits_and_the_patch_scores_as_training_se
         assert -sum(s.mean_logprob for s in scored) / len(scored) == pytest.approx(alone.edit[0], rel=1e-4)
 
 
-def test_the_outcome_check_read_from_the_edits_own_pass_is_the_full_checks(tiny_factory, tmp_path, monkeypatch):
-    """MEND checks its edit's outcome from the first edited block up, on the hidden states of its own pass:
-    the same verdicts and probabilities as the check that runs the whole patched model; a batch, and a
-    request without an old answer, included."""
-    lm = tiny_factory("llama")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_outcome_check_read_from_the_edits_own_pass_is_the_full_checks(tiny_factory, tmp_path, monkeypatch, family):
+    """MEND checks its edit's outcome from the first edited block up, on the hidden states of its own pass
+    and with the edit added beside the weights (none written): the same verdicts and probabilities as the
+    check that runs the whole patched model; a batch, a request without an old answer, and GPT-2's
+    transposed Conv1D weights included."""
+    lm = tiny_factory(family)
     pool = small_pool(tmp_path / "pool.json")
     me.train_mend(lm, pool, tmp_path / "run", max_steps=2, batch_size=2, val_every=1, lr=1e-3, lr_lr=1e-3)
     no_old = me.Request("{} is made by", "The Widget", " Acme")
-    full_check = outcome.score_continuations
     for batch in ([REQS[0]], [*REQS, no_old]):
         monkeypatch.setattr(outcome, "score_continuations", None)  # the whole model must not run again
+        monkeypatch.setattr(Patch, "apply", None)  # nor a weight be written
         patch = MEND(editor=str(tmp_path / "run")).edit(lm, batch)
-        monkeypatch.setattr(outcome, "score_continuations", full_check)
+        monkeypatch.undo()
         own = patch.entries[0].info["per_request"]
         full = record_outcomes(lm, copy.deepcopy(patch), batch).entries[0].info["per_request"]
         assert own["took"] == full["took"] and own["model_continuation"] == full["model_continuation"]

@@ -1,5 +1,7 @@
 """Every registered LM method through one conformance check, and the batch interface's rules."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -191,7 +193,6 @@ def test_memit_solves_its_least_squares_problem():
 def test_values_optimised_together_equal_values_optimised_alone(tiny_factory):
     """Batching the target optimisation is for speed only: each request gets what it gets alone, also when
     the requests stop at different steps (the finished ones leave the batch)."""
-    from dataclasses import replace
 
     from modeledit.llm.rows import build_rows
     from modeledit.llm.value import ValueHyperParams, optimise_values
@@ -219,6 +220,28 @@ def test_values_optimised_together_equal_values_optimised_alone(tiny_factory):
             if at == "mlp_out":
                 assert torch.allclose(t.k_star, alone.k_star, atol=1e-5)
         assert len({t.steps for t in together}) >= 3
+
+
+def test_value_optimisation_stops_on_the_whole_loss_or_on_the_target_alone(tiny_factory):
+    from modeledit.llm.rows import build_rows
+    from modeledit.llm.value import ValueHyperParams, optimise_values
+
+    lm = tiny_factory("llama")
+    templates = ["{}", "Some words before it. {}"]
+    rows = build_rows(lm, REQS[0], templates)
+    # a strong weight decay: the whole loss stays well above the target's NLL (as on SmolLM2, whose values are small)
+    hp = ValueHyperParams(steps=10, loss_stop=1e-9, weight_decay=50.0, precision="float32")
+    free = optimise_values(lm, 2, rows, hp)[0]
+    nll, loss = free.target_nll, free.losses
+    assert len(nll) == len(loss) == 10 and all(l > n for l, n in zip(loss[1:], nll[1:]))  # KL and weight decay on top
+    # a threshold the NLL crosses before the whole loss does: "target" stops there, "loss" runs on
+    t = min(loss)
+    on_target = optimise_values(lm, 2, rows, replace(hp, loss_stop=t, stop_on="target"))[0]
+    on_loss = optimise_values(lm, 2, rows, replace(hp, loss_stop=t))[0]
+    assert on_target.steps == next(i for i, x in enumerate(nll) if x < t) < 9
+    assert on_loss.steps == 9
+    with pytest.raises(RequestError, match="stop_on"):
+        me.get_method("rome", stop_on="nll")
 
 
 def test_ft_l_keeps_every_weight_within_its_bound(tiny_factory):

@@ -14,7 +14,7 @@ from torch import nn
 from modeledit.errors import UnsupportedModelError
 
 
-def _linear_dims(m: nn.Module) -> tuple[int, int, bool] | None:
+def linear_dims(m: nn.Module) -> tuple[int, int, bool] | None:
     """(in, out, transposed) of a linear map: nn.Linear, or GPT-2's Conv1D whose weight is (in, out)."""
     if isinstance(m, nn.Linear):
         return m.in_features, m.out_features, False
@@ -78,7 +78,7 @@ def find_layout(model: nn.Module) -> Layout:
     inter = _config_int(text_config, "intermediate_size", "n_inner", "ffn_dim", "d_ff") or 4 * hidden
 
     block = layers[0]
-    linears = {n: d for n, m in block.named_modules() if n and (d := _linear_dims(m)) is not None}
+    linears = {n: d for n, m in block.named_modules() if n and (d := linear_dims(m)) is not None}
     to_hidden = {n: d for n, d in linears.items() if d[1] == hidden}
     candidates = [n for n, d in to_hidden.items() if d[0] == inter]
     if len(candidates) != 1:
@@ -121,4 +121,4 @@ def mlp_projections(model: nn.Module, layout: Layout, layer: int) -> dict[str, t
     """The linear maps inside block ``layer``'s MLP, by module name: (in, out, transposed) of each
     (GPT-2: c_fc, c_proj; Llama-style: gate, up, down), found by walking the MLP's module tree."""
     mlp = layout.mlp[layer]
-    return {f"{mlp}.{n}": d for n, m in model.get_submodule(mlp).named_modules() if n and (d := _linear_dims(m)) is not None}
+    return {f"{mlp}.{n}": d for n, m in model.get_submodule(mlp).named_modules() if n and (d := linear_dims(m)) is not None}

@@ -12,13 +12,17 @@ by ``patch show`` and recorded per case by the evaluation loop.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import torch
 
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
 from modeledit.llm.partial import PartialForward
 from modeledit.llm.score import score_continuations, score_from
-from modeledit.patch import Patch
+from modeledit.llm.hooks import Hooks
+from modeledit.llm.layout import linear_dims
+from modeledit.patch import Delta, Patch
 
 
 def outcome_pairs(requests: Sequence[Request]) -> list[tuple[str, str]]:
@@ -31,12 +35,17 @@ def record_outcomes(lm: LanguageModel, patch: Patch, requests: Sequence[Request]
 
     ``start`` (optional): a partial pass over the rows of ``outcome_pairs(requests)`` whose unedited input to
     a block no higher than any the patch touches was recorded by the method's own pass (MEND's): the check
-    then runs only the blocks from there up."""
+    then runs only the blocks from there up, with the patch's weight changes added beside the linear maps
+    (ΔW x, by hooks) when it has only such changes — no weight is written, copied or restored."""
     pairs = outcome_pairs(requests)
     if start is not None and not _above(lm, patch, start.layer):
         start = None
-    with patch.applied(lm):
-        scored = score_continuations(lm, pairs) if start is None else score_from(lm, pairs, start)
+    beside = None if start is None else _beside(lm, patch)
+    if beside is not None:
+        scored = score_from(lm, pairs, start, beside)
+    else:
+        with patch.applied(lm):
+            scored = score_continuations(lm, pairs) if start is None else score_from(lm, pairs, start)
     new, true = scored[: len(requests)], iter(scored[len(requests) :])
     at = 0
     for entry in patch.entries:
@@ -56,6 +65,37 @@ def record_outcomes(lm: LanguageModel, patch: Patch, requests: Sequence[Request]
             per["not_taken_reason"].append(None if took else _reason(entry.info, entry.hparams, j, greedy, beats, s.mean_prob))
             at += 1
     return patch
+
+
+def _beside(lm: LanguageModel, patch: Patch) -> Callable[[Hooks], None] | None:
+    """Hooks that add each of the patch's weight changes beside its linear map — Δy = x ΔWᵀ, a low-rank
+    ΔW = L Rᵀ as (x R) Lᵀ — or None if it changes anything else (a bias, a norm)."""
+    adds: dict[str, list[tuple[Delta, bool]]] = {}
+    for entry in patch.entries:
+        for name, delta in entry.deltas.items():
+            module, _, attr = name.rpartition(".")
+            dims = linear_dims(lm.model.get_submodule(module)) if attr == "weight" else None
+            if dims is None:
+                return None
+            adds.setdefault(module, []).append((delta, not dims[2]))
+
+    def install(hooks: Hooks) -> None:
+        for module, deltas in adds.items():
+            def add(x: torch.Tensor, deltas=deltas) -> torch.Tensor:
+                out = 0
+                for d, stored_out_in in deltas:
+                    f = [t.to(x.device, torch.float32) if t is not None else None for t in (d.left, d.right, d.dense)]
+                    # the weight is stored (out, in) (nn.Linear) or (in, out) (GPT-2's Conv1D)
+                    if f[2] is not None:
+                        out = out + x.float() @ (f[2].T if stored_out_in else f[2])
+                    else:
+                        first, second = (f[1], f[0]) if stored_out_in else (f[0], f[1])
+                        out = out + (x.float() @ first) @ second.T
+                return out.to(x.dtype)
+
+            hooks.add_to_output(module, add)
+
+    return install
 
 
 def _above(lm: LanguageModel, patch: Patch, layer: int) -> bool:

@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from math import log2
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -90,10 +90,12 @@ def _score(lm: LanguageModel, encoded: list[tuple[list[int], list[int]]], kv, ba
 
 
 @torch.no_grad()
-def score_from(lm: LanguageModel, pairs: Sequence[tuple[str, str]], start: PartialForward) -> list[Continuation]:
+def score_from(lm: LanguageModel, pairs: Sequence[tuple[str, str]], start: PartialForward,
+               beside: Callable[[Hooks], None] | None = None) -> list[Continuation]:
     """``score_continuations`` of ``pairs`` (no in-context edit) run only from block ``start.layer`` up:
     ``start`` holds the rows of the pairs' encodings (right-padded, one batch) and their unedited input to
-    that block, so the model's current weights count from there on."""
+    that block, so the model's current weights count from there on; ``beside`` installs more hooks for the
+    pass (e.g. an edit added beside the weights)."""
     enc = [encode_continuation(lm.tokenizer, p, a) for p, a in pairs]
     ids, mask = pad_right([p + t for p, t in enc], lm.tokenizer.pad_token_id, lm.device)
     s = start.split
@@ -101,6 +103,8 @@ def score_from(lm: LanguageModel, pairs: Sequence[tuple[str, str]], start: Parti
         raise ValueError("the partial pass was not built on the rows of these pairs")
     with Hooks(lm.model) as hooks:
         start.install(hooks)
+        if beside is not None:
+            beside(hooks)
         hidden = start()
     return _continuations(lm, enc, hidden)
 
