@@ -42,7 +42,7 @@ from modeledit.llm.precision import resolve_precision
 from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import second_moments
-from modeledit.llm.value import MemoryEditHyperParams, compute_values
+from modeledit.llm.value import VALUE_CHUNK, MemoryEditHyperParams, compute_values
 from modeledit.patch import Delta, Patch
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class MEMITHyperParams(MemoryEditHyperParams):
     clamp_norm_factor: float = 0.75  # ‖δ‖ ≤ 0.75‖h‖ at the residual stream
     mom2_update_weight: float | None = None  # λ; None: GPT-J's 15,000 at its key width, scaled to this model's (see lam)
     # how the work is cut into passes: speed and memory only, the results are the same (a resumed run may change them)
-    value_batch: int = field(default=16, metadata={"speed_only": True})  # requests whose targets are optimised together
+    value_batch: int = field(default=VALUE_CHUNK, metadata={"speed_only": True})  # requests whose targets are optimised together
     key_batch: int = field(default=64, metadata={"speed_only": True})  # requests per pass when reading keys
 
     def __post_init__(self) -> None:
