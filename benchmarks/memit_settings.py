@@ -23,14 +23,15 @@ from pathlib import Path
 import torch
 
 import modeledit as me
-from modeledit.llm.bench import get_benchmark
+from modeledit.errors import ModelEditError
+from modeledit.llm.bench import counterfact, get_benchmark, zsre
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.memit import MEMIT, MEMITHyperParams
 from modeledit.llm.method import parse_settings
 from modeledit.llm.stats import second_moments
 from modeledit.llm.value import compute_values
 from modeledit.patch import Patch
-from modeledit.report import mean
+from modeledit.report import mean, read_json_list
 
 
 def main() -> None:
@@ -52,7 +53,15 @@ def main() -> None:
     lm = me.load_model("smollm2-135m", device="cpu")
     bench = get_benchmark(args.benchmark, gen_tokens=0)
     data = Path(args.data) / ("counterfact-train.json" if args.benchmark == "counterfact" else "zsre-train-1k.json")
-    cases = bench.load(data, args.skip + args.cases)[args.skip :]
+    parse = counterfact._case if args.benchmark == "counterfact" else zsre._case
+    cases = []
+    for i, rec in enumerate(read_json_list(data, args.benchmark, "a data file")[args.skip :], start=args.skip):
+        try:
+            cases.append(parse(i, rec))
+        except ModelEditError as exc:  # zsRE has a few records with an empty new answer
+            print(f"record {i} left out: {exc}")
+        if len(cases) == args.cases:
+            break
     requests = [r for c in cases for r in bench.requests(c)]
     firsts = [int(x) for x in args.firsts.split(",")]
     settings = parse_settings(MEMITHyperParams, args.set)
