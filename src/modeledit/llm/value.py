@@ -37,10 +37,10 @@ from modeledit.llm.stats import StatsConfig
 
 log = logging.getLogger(__name__)
 
-# requests whose values are optimised side by side by default. Measured on these 2 cores (16 requests × 8 steps,
-# SmolLM2 at layer 10, bfloat16; seconds per request-step): zsRE 0.50 one at a time, 0.34 four, 0.54 sixteen;
-# CounterFact 0.27 four, 0.29 eight, 0.34 sixteen — larger batches fault in gigabytes of fresh activations
-# every step (6.6M page faults for sixteen zsRE requests, 3 thousand for four)
+# requests whose values are optimised side by side by default. Measured on these 2 cores (8 steps, SmolLM2 at
+# layer 10, bfloat16; seconds per request-step): zsRE, 16 requests: 0.34 four at a time, 0.54 sixteen; 8 requests:
+# 0.50 one at a time, 0.42 eight; CounterFact, 16 requests: 0.27 four, 0.29 eight, 0.34 sixteen — larger batches
+# fault in gigabytes of fresh activations every step (6.6M page faults for sixteen zsRE requests, 3 thousand for four)
 VALUE_CHUNK = 4
 STOP_ON = ("loss", "target")  # what a request's value optimisation stops on (MemoryEditHyperParams.stop_on)
 
