@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from modeledit.llm.method import parse_settings
 from modeledit.llm.stats import second_moments
 from modeledit.llm.value import compute_values
 from modeledit.patch import Patch
-from modeledit.report import mean, read_json_list
+from modeledit.report import mean, read_json_list, read_tensors, write_tensors
 
 
 def main() -> None:
@@ -70,11 +71,25 @@ def main() -> None:
     all_layers = list(range(min(firsts), args.last + 1))
     moments = second_moments(lm, all_layers, hp.stats)
     templates = context_templates(lm, hp.context_spec, hp.context_seed)
-    t = time.perf_counter()
-    values = compute_values(lm, args.last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch)
-    print(f"targets of {len(requests)} requests at layer {args.last}: {time.perf_counter() - t:.0f} s", flush=True)
-    z = torch.stack([v.v0 + v.delta for v in values])
-    v0 = torch.stack([v.v0 for v in values])
+    # the targets are kept in DIR/targets.safetensors for the same cases, layer and value settings: a rerun with
+    # other layer ranges or λ starts from them
+    ident = {"benchmark": args.benchmark, "skip": args.skip, "cases": [c.case_id for c in cases], "last": args.last,
+             "value": json.loads(json.dumps(asdict(hp.value), default=str)), "templates": list(templates)}
+    cached = out / "targets.safetensors"
+    tensors = None
+    if cached.exists():
+        header, tensors = read_tensors(cached, "cached MEMIT targets")
+        if header != json.loads(json.dumps(ident)):
+            tensors = None
+    if tensors is None:
+        t = time.perf_counter()
+        values = compute_values(lm, args.last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch)
+        print(f"targets of {len(requests)} requests at layer {args.last}: {time.perf_counter() - t:.0f} s", flush=True)
+        tensors = {"z": torch.stack([v.v0 + v.delta for v in values]), "v0": torch.stack([v.v0 for v in values])}
+        write_tensors(cached, tensors, ident)
+    else:
+        print(f"targets of {len(requests)} requests at layer {args.last}: read from {cached}", flush=True)
+    z, v0 = tensors["z"], tensors["v0"]
     pre = [bench.score(lm, c) for c in cases]
     rows = [{"setting": "unedited", **{k: 100 * mean(p[k] for p in pre) for k in keys}}]
     names = ("ES", "PS", "NS") if args.benchmark == "counterfact" else ("eff", "para", "spec")

@@ -1,5 +1,7 @@
 """Every registered LM method through one conformance check, and the batch interface's rules."""
 
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 import modeledit as me
 from modeledit import Patch, Request, RequestError, edit, get_method, list_methods, load_edit
 from modeledit.llm.method import as_requests, parse_settings
+from modeledit.methods import METHODS, method_class
 from modeledit.llm.score import score_continuations
 
 from conftest import same_state, state_bytes
@@ -93,7 +96,18 @@ def test_the_registry_knows_each_family():
     for name in list_methods("llm"):
         m = get_method(name)
         assert m.family == "llm" and isinstance(m.joint, bool)
+    for name in list_methods():  # the registry's family and name (it lists without importing) are the class's own
+        cls = method_class(name)
+        assert (cls.name, cls.family) == (name, METHODS[name][2])
     assert get_method("memit").joint and not get_method("rome").joint
+
+
+def test_listing_methods_and_building_the_cli_import_no_torch():
+    """`modeledit --help` and the browser page come up without torch (the model's load imports it, after the page is up)."""
+    code = ("import sys, modeledit.cli, modeledit.ui.app as a, modeledit.ui.workspace as w; ws = w.Workspace(['smollm2-135m']); "
+            "a.build_app(ws); ws.close(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 @pytest.mark.parametrize("name", list_methods("llm"))

@@ -18,11 +18,40 @@ from modeledit.errors import (
     ScaleError,
     UnsupportedModelError,
 )
-from modeledit.patch import Patch
-from modeledit.llm.request import Request
-from modeledit.llm.model import LanguageModel, load_model
-from modeledit.api import (compare, edit, evaluate, get_method, imagic, inpaint, list_methods, load_diffusion, load_edit, load_judge, sweep,
-                           trace, trace_facts, train_mend)
+from typing import TYPE_CHECKING, Any
+
+# Everything but the errors is imported on first use (PEP 562): `modeledit --help` and the browser UI's page
+# come up without waiting for torch and transformers (~1.5 s), which the first edit then imports.
+_LAZY = {
+    "Patch": "modeledit.patch",
+    "Request": "modeledit.llm.request",
+    "LanguageModel": "modeledit.llm.model",
+    "load_model": "modeledit.llm.model",
+    **{name: "modeledit.api" for name in ("compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods",
+                                          "load_diffusion", "load_edit", "load_judge", "sweep", "trace", "trace_facts", "train_mend")},
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from modeledit.api import (compare, edit, evaluate, get_method, imagic, inpaint, list_methods, load_diffusion, load_edit, load_judge,
+                               sweep, trace, trace_facts, train_mend)
+    from modeledit.llm.model import LanguageModel, load_model
+    from modeledit.llm.request import Request
+    from modeledit.patch import Patch
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modeledit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "DataError",

@@ -20,7 +20,7 @@ from modeledit.patch import Patch
 __all__ = ["compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_edit", "load_judge", "load_model",
            "sweep", "trace", "trace_facts", "train_mend"]
 
-JUDGE = Path(__file__).resolve().parent / "weights" / "fashion-judge"
+from modeledit.embedded import JUDGE  # noqa: E402  (re-exported: the judge's path)
 
 
 def edit(

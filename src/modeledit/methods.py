@@ -5,19 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Protocol, Sequence
 
-from modeledit.classifier.enn import ENN
-from modeledit.diffusion.imagic import Imagic
-from modeledit.diffusion.repaint import RePaint
 from modeledit.errors import RequestError
-from modeledit.llm.alphaedit import AlphaEdit
-from modeledit.llm.ft import FT, FTM
-from modeledit.llm.grace import GRACE
-from modeledit.llm.ike import IKE
-from modeledit.llm.lora import LoRA
-from modeledit.llm.mello import MeLLo
-from modeledit.llm.memit import MEMIT
-from modeledit.llm.mend import MEND
-from modeledit.llm.rome import ROME
 
 
 class Method(Protocol):
@@ -37,21 +25,23 @@ class Method(Protocol):
     def edit(self, model: Any, request: Any, progress: Any = None) -> Any: ...
 
 
+# name → (module, class, family). A class is imported on first use: listing the methods (the command line's
+# help, the browser page) imports no torch. tests/test_methods.py checks each entry against its class.
 METHODS = MappingProxyType(
     {
-        "rome": ROME,
-        "memit": MEMIT,
-        "alphaedit": AlphaEdit,
-        "grace": GRACE,
-        "ft-l": FT,
-        "ft-m": FTM,
-        "lora": LoRA,
-        "ike": IKE,
-        "mello": MeLLo,
-        "mend": MEND,
-        "enn": ENN,
-        "repaint": RePaint,
-        "imagic": Imagic,
+        "rome": ("modeledit.llm.rome", "ROME", "llm"),
+        "memit": ("modeledit.llm.memit", "MEMIT", "llm"),
+        "alphaedit": ("modeledit.llm.alphaedit", "AlphaEdit", "llm"),
+        "grace": ("modeledit.llm.grace", "GRACE", "llm"),
+        "ft-l": ("modeledit.llm.ft", "FT", "llm"),
+        "ft-m": ("modeledit.llm.ft", "FTM", "llm"),
+        "lora": ("modeledit.llm.lora", "LoRA", "llm"),
+        "ike": ("modeledit.llm.ike", "IKE", "llm"),
+        "mello": ("modeledit.llm.mello", "MeLLo", "llm"),
+        "mend": ("modeledit.llm.mend", "MEND", "llm"),
+        "enn": ("modeledit.classifier.enn", "ENN", "classifier"),
+        "repaint": ("modeledit.diffusion.repaint", "RePaint", "diffusion"),
+        "imagic": ("modeledit.diffusion.imagic", "Imagic", "diffusion"),
     }
 )
 
@@ -95,12 +85,15 @@ def configured_method(name: str, layer: int | None = None, stats_tokens: int | N
 
 
 def method_class(name: str) -> type:
+    import importlib
+
     try:
-        return METHODS[name.lower()]
-    except KeyError:
+        module, cls, _ = METHODS[name.lower()]
+    except (KeyError, AttributeError):
         raise RequestError("method", f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None
+    return getattr(importlib.import_module(module), cls)
 
 
 def list_methods(family: str | None = None) -> list[str]:
     """The registered methods' names, of one family ("llm", "classifier", "diffusion") or all."""
-    return [n for n, cls in METHODS.items() if family is None or cls.family == family]
+    return [n for n, (_, _, fam) in METHODS.items() if family is None or fam == family]

@@ -18,12 +18,13 @@ from typing import Callable, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from modeledit.embedded import TINY_DIFFUSION
 from modeledit.errors import ModelNotFoundError, RequestError
 from modeledit.images import FASHION_CLASSES
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = Path(__file__).resolve().parent.parent / "weights" / "tiny-fashion-diffusion"
+EMBEDDED = TINY_DIFFUSION
 
 # names a person would use for each Fashion-MNIST class, and sentence frames around them
 CLASS_NAMES = {

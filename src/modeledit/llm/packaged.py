@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from modeledit.errors import ModelNotFoundError
 from modeledit.llm.cache import cache_dir, made_dir
 
@@ -68,6 +66,7 @@ def _dist_version(pip_name: str) -> str:
 
 def convert_gguf(gguf: Path, out: Path, source: str) -> Path:
     """Dequantise a GGUF checkpoint once into a safetensors model directory (atomic: temp dir + rename)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ def classes_of(ws: Workspace) -> list[str]:
     import json
     from pathlib import Path
 
-    from modeledit.api import JUDGE
+    from modeledit.embedded import JUDGE
 
     path = Path(ws.classifier_path or JUDGE) / "classifier.json"
     try:
