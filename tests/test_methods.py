@@ -209,7 +209,8 @@ def test_values_optimised_together_equal_values_optimised_alone(tiny_factory):
     the requests stop at different steps (the finished ones leave the batch)."""
 
     from modeledit.llm.rows import build_rows
-    from modeledit.llm.value import ValueHyperParams, optimise_values
+    from modeledit.llm.memory_hparams import ValueHyperParams
+    from modeledit.llm.value import optimise_values
 
     lm = tiny_factory("llama")
     templates = ["{}", "Some words before it. {}", "A longer sentence that comes first here. {}"]
@@ -238,7 +239,8 @@ def test_values_optimised_together_equal_values_optimised_alone(tiny_factory):
 
 def test_value_optimisation_stops_on_the_whole_loss_or_on_the_target_alone(tiny_factory):
     from modeledit.llm.rows import build_rows
-    from modeledit.llm.value import ValueHyperParams, optimise_values
+    from modeledit.llm.memory_hparams import ValueHyperParams
+    from modeledit.llm.value import optimise_values
 
     lm = tiny_factory("llama")
     templates = ["{}", "Some words before it. {}"]

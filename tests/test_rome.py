@@ -10,7 +10,8 @@ from modeledit.llm.rome import ROME, rank_one_update
 from modeledit.llm.rows import build_rows
 from modeledit.llm.score import score_continuations
 from modeledit.llm.request import fill
-from modeledit.llm.value import ValueHyperParams, optimise_values
+from modeledit.llm.memory_hparams import ValueHyperParams
+from modeledit.llm.value import optimise_values
 
 from conftest import FAMILIES, same_state, state_bytes
 
@@ -194,7 +195,9 @@ def test_guard_rows_weigh_nothing_at_factor_zero_and_are_reported(tiny_factory):
     rows = build_rows(lm, REQ, templates, guards=[["The Louvre", "Big Ben", "The Colosseum"]])
     assert int(rows.is_guard.sum()) == 3 and bool(rows.is_kl[rows.is_guard].all())
     (zero,) = optimise_values(lm, 2, rows, ValueHyperParams(steps=8, precision="float32", guard_factor=0.0), C=C)
-    assert torch.allclose(zero.delta, plain.delta, atol=1e-5) and zero.steps == plain.steps
+    # the guard rows change the batch's shape, and with it how a CPU's GEMM blocks its sums: equal to float noise
+    # (1e-4 of |δ| ≈ 3.5 after 8 steps on an AMD EPYC), where a guard term that weighed anything moves δ by far more
+    assert torch.allclose(zero.delta, plain.delta, atol=1e-3) and zero.steps == plain.steps
     patch = ROME(layer=2, guard_subjects=2, guard_pool=40, **FAST).edit(lm, REQ)
     guarded = patch.entries[0].info["guarded"]
     assert len(guarded) == 2 and all(REQ.subject not in s for s in guarded)

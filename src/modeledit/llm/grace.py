@@ -30,7 +30,7 @@ from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, eager_attention, split_rows
 from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
-from modeledit.llm.value import frozen_weights
+from modeledit.llm.frozen import frozen_weights
 
 SAME_PLACE = 1e-3  # relative to the radius: an earlier key this close to a new one is the same prompt, re-edited
 

@@ -42,7 +42,8 @@ from modeledit.llm.precision import resolve_precision
 from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import second_moments
-from modeledit.llm.value import VALUE_CHUNK, MemoryEditHyperParams, compute_values
+from modeledit.llm.memory_hparams import VALUE_CHUNK, MemoryEditHyperParams
+from modeledit.llm.value import compute_values
 from modeledit.patch import Delta, Patch
 
 log = logging.getLogger(__name__)

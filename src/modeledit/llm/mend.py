@@ -35,7 +35,7 @@ from modeledit.llm.model import LanguageModel
 from modeledit.llm.outcome import outcome_pairs, record_outcomes
 from modeledit.llm.partial import PartialForward, eager_attention, split_rows
 from modeledit.llm.request import Request
-from modeledit.llm.value import frozen_weights
+from modeledit.llm.frozen import frozen_weights
 from modeledit.patch import Delta, Patch
 
 PAPER_LAYERS = 3  # the MLPs of the last three blocks

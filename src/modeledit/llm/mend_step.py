@@ -27,7 +27,7 @@ from modeledit.llm.mend_data import EDIT, TrainCase, case_rows
 from modeledit.llm.mend_editor import MENDEditor
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, eager_attention, split_rows
-from modeledit.llm.value import frozen_weights
+from modeledit.llm.frozen import frozen_weights
 
 
 @dataclass

@@ -31,7 +31,8 @@ from modeledit.llm.reach import guard_count, most_reached
 from modeledit.llm.request import Request
 from modeledit.llm.stats import second_moments
 from modeledit.llm.tokens import TOKEN_CLASSES
-from modeledit.llm.value import MemoryEditHyperParams, compute_values
+from modeledit.llm.memory_hparams import MemoryEditHyperParams
+from modeledit.llm.value import compute_values
 from modeledit.patch import Delta, Patch
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from modeledit.llm.model import LanguageModel
 from modeledit.llm.partial import PartialForward, split_rows
 from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
-from modeledit.llm.value import frozen_weights
+from modeledit.llm.frozen import frozen_weights
 
 
 @dataclass
