@@ -1,5 +1,4 @@
 import math
-import os
 
 import pytest
 import torch
@@ -146,15 +145,13 @@ def test_bfloat16_matmuls_leave_the_model_as_it_was_also_on_error(tiny_factory):
 
 
 def test_auto_precision_is_bfloat16_only_where_the_hardware_multiplies_it():
-    from modeledit.llm.precision import cpu_flags, fast_bfloat16, resolve_precision
+    from modeledit.llm.precision import fast_bfloat16, resolve_precision
     from modeledit.llm.trace import TraceConfig
 
     cpu = torch.device("cpu")
     amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    fast = amx or " avx512_bf16" in flags or " amx_bf16" in flags
-    assert fast_bfloat16(cpu) == fast and (fast or not cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    assert resolve_precision("auto", cpu) == ("bfloat16" if fast else "float32")
+    assert fast_bfloat16(cpu) == amx
+    assert resolve_precision("auto", cpu) == ("bfloat16" if amx else "float32")
     assert resolve_precision("float32", cpu) == "float32" and resolve_precision("bfloat16", cpu) == "bfloat16"
     assert ROME().hparams.precision == "auto"
     with pytest.raises(RequestError, match="precision"):

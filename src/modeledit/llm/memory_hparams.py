@@ -50,7 +50,7 @@ class MemoryEditHyperParams:
     weight_decay: float = 0.5
     clamp_norm_factor: float = 4.0
     # the value optimisation's matmuls: "bfloat16", "float32", or "auto" = bfloat16 on hardware that multiplies it
-    # fast (CPUs with AMX or AVX-512 BF16, recent GPUs), else float32 (precision.py; keys, values, solves, statistics stay float32)
+    # fast (AMX CPUs, recent GPUs), else float32 (precision.py; keys, values, solves, statistics stay float32)
     precision: str = "auto"
     stats_tokens: int = 100_000
     stats_max_len: int = 256

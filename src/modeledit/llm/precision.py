@@ -36,27 +36,16 @@ def check_precision(name: str, field: str = "precision", choices: tuple[str, ...
 
 
 def fast_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
-    bfloat16 dot-product instructions (AMX, or AVX-512 BF16: on this project's AMD EPYC a bfloat16 matmul of
-    the value loop's shapes runs 2.7-4x faster than float32); elsewhere it is emulated and slower."""
+    """Whether "auto" means bfloat16 on ``device``: a CUDA GPU that supports it, or a CPU with AMX (where
+    bfloat16 was checked side by side against float32). Not on AVX-512 BF16 alone: on the AMD EPYC CI got on
+    2026-12-01 its matmuls ran 2.7-4x faster, but ROME's guarded Gemma-3 edit of the Eiffel Tower did not take
+    in bfloat16 there (it does in float32, and in bfloat16 on AMX); ``precision="bfloat16"`` still asks for it."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means unknown
-        return bool(amx and amx()) or bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+        return bool(amx and amx())
     return False
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux lists them (empty elsewhere); torch tells AMX but not AVX-512 BF16."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
