@@ -73,13 +73,13 @@ def main() -> None:
     templates = context_templates(lm, hp.context_spec, hp.context_seed)
     # the targets are kept in DIR/targets.safetensors for the same cases, layer and value settings: a rerun with
     # other layer ranges or λ starts from them
-    ident = {"benchmark": args.benchmark, "skip": args.skip, "cases": [c.case_id for c in cases], "last": args.last,
-             "value": json.loads(json.dumps(asdict(hp.value), default=str)), "templates": list(templates)}
+    ident = json.loads(json.dumps({"benchmark": args.benchmark, "skip": args.skip, "cases": [c.case_id for c in cases],
+                                   "last": args.last, "value": asdict(hp.value), "templates": list(templates)}, default=str))
     cached = out / "targets.safetensors"
     tensors = None
     if cached.exists():
         header, tensors = read_tensors(cached, "cached MEMIT targets")
-        if header != json.loads(json.dumps(ident)):
+        if header != ident:
             tensors = None
     if tensors is None:
         t = time.perf_counter()

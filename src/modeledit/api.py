@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from modeledit.compare import compare_runs as compare
+from modeledit.embedded import JUDGE
 from modeledit.llm.model import LanguageModel, load_model
 from modeledit.llm.request import Request
 from modeledit.methods import get_method, list_methods
@@ -19,8 +20,6 @@ from modeledit.patch import Patch
 
 __all__ = ["compare", "edit", "evaluate", "get_method", "imagic", "inpaint", "list_methods", "load_diffusion", "load_edit", "load_judge", "load_model",
            "sweep", "trace", "trace_facts", "train_mend"]
-
-from modeledit.embedded import JUDGE  # noqa: E402  (re-exported: the judge's path)
 
 
 def edit(

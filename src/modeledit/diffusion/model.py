@@ -135,10 +135,11 @@ def _clip_style_encoder(text_encoder, tokenizer) -> Callable[[Sequence[str]], to
 
 def load_embedded(path: str | Path | None = None, device: str | torch.device = "cpu") -> DiffusionModel:
     from modeledit.diffusion.text import TextEncoder
-    from modeledit.diffusion.tiny import EMBEDDED, load_tiny_unet
+    from modeledit.diffusion.tiny import load_tiny_unet
+    from modeledit.embedded import TINY_DIFFUSION
 
     text = TextEncoder(device=device)
-    unet, config, meta = load_tiny_unet(path or EMBEDDED, text.dim)
+    unet, config, meta = load_tiny_unet(path or TINY_DIFFUSION, text.dim)
     info = {**meta.get("info", {}), "recommended": meta.get("recommended", {})}
     return DiffusionModel(unet.to(device), config.scheduler_config(), DEFAULT if path is None else str(path), text,
                           None, 1, tuple(meta.get("classes", ())), info)

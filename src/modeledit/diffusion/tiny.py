@@ -24,7 +24,6 @@ from modeledit.images import FASHION_CLASSES
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = TINY_DIFFUSION
 
 # names a person would use for each Fashion-MNIST class, and sentence frames around them
 CLASS_NAMES = {
@@ -220,7 +219,7 @@ def is_tiny(path: str | Path) -> bool:
     return (Path(path) / "tiny.json").is_file()
 
 
-def load_tiny_unet(path: str | Path = EMBEDDED, text_dim: int = 384):
+def load_tiny_unet(path: str | Path = TINY_DIFFUSION, text_dim: int = 384):
     """The UNet and its TinyConfig from a directory written by ``save_tiny`` (float32, eval mode)."""
     path = Path(path)
     if not is_tiny(path):
