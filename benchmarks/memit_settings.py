@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--last", type=int, default=10)
     ap.add_argument("--firsts", default="10,8,6,4")
     ap.add_argument("--lambdas", default="15000,4800,1500,500")
+    ap.add_argument("--passes", default="1", help="rounds of the spread (MEMIT's passes), e.g. 1,2")
     ap.add_argument("--data", default=os.environ.get("MODELEDIT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     ap.add_argument("--out", default="runs/memit-settings")
     args = ap.parse_args()
@@ -93,20 +94,19 @@ def main() -> None:
     pre = [bench.score(lm, c) for c in cases]
     rows = [{"setting": "unedited", **{k: 100 * mean(p[k] for p in pre) for k in keys}}]
     names = ("ES", "PS", "NS") if args.benchmark == "counterfact" else ("eff", "para", "spec")
-    print(f"{'layers':>8} {'lambda':>7} {names[0]:>6} {names[1]:>6} {names[2]:>6} {'left':>6}")
-    print(f"{'unedited':>16} " + " ".join(f"{rows[0][k]:6.1f}" for k in keys))
-    for first in firsts:
+    print(f"{'layers':>8} {'lambda':>7} {'passes':>6} {names[0]:>6} {names[1]:>6} {names[2]:>6} {'left':>6}")
+    print(f"{'unedited':>23} " + " ".join(f"{rows[0][k]:6.1f}" for k in keys))
+    for first, lam, passes in [(f, float(l), int(p)) for f in firsts for l in args.lambdas.split(",") for p in args.passes.split(",")]:
         layers = list(range(first, args.last + 1))
-        for lam in [float(x) for x in args.lambdas.split(",")]:
-            m = MEMIT(**{**settings, "layers": tuple(layers), "mom2_update_weight": lam})
-            deltas, final = m.spread(lm, requests, z, layers, moments, templates)
-            patch = Patch.from_deltas(lm.model, deltas, method="memit", hparams={}, requests=[r.to_dict() for r in requests])
-            with patch.applied(lm):
-                post = [bench.score(lm, c, p) for c, p in zip(cases, pre)]
-            left = float((final - z).norm(dim=1).mean() / (z - v0).norm(dim=1).mean())
-            row = {"layers": layers, "lambda": lam, "left": left, **{k: 100 * mean(p[k] for p in post) for k in keys}}
-            rows.append(row)
-            print(f"{first:>3}-{args.last:<4} {lam:7.0f} " + " ".join(f"{row[k]:6.1f}" for k in keys) + f" {left:6.2f}", flush=True)
+        m = MEMIT(**{**settings, "layers": tuple(layers), "mom2_update_weight": lam, "passes": passes})
+        deltas, final = m.spread(lm, requests, z, layers, moments, templates)
+        patch = Patch.from_deltas(lm.model, deltas, method="memit", hparams={}, requests=[r.to_dict() for r in requests])
+        with patch.applied(lm):
+            post = [bench.score(lm, c, p) for c, p in zip(cases, pre)]
+        left = float((final - z).norm(dim=1).mean() / (z - v0).norm(dim=1).mean())
+        row = {"layers": layers, "lambda": lam, "passes": passes, "left": left, **{k: 100 * mean(p[k] for p in post) for k in keys}}
+        rows.append(row)
+        print(f"{first:>3}-{args.last:<4} {lam:7.0f} {passes:6d} " + " ".join(f"{row[k]:6.1f}" for k in keys) + f" {left:6.2f}", flush=True)
     (out / "settings.json").write_text(json.dumps({"benchmark": args.benchmark, "cases": len(cases), "skip": args.skip,
                                                    "settings": settings, "rows": rows}, indent=1))
     print(f"written: {out / 'settings.json'}")

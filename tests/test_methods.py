@@ -369,3 +369,32 @@ def test_alphaedit_continues_from_the_edits_the_model_holds(tiny_factory, tmp_pa
     assert not torch.allclose(after.entries[0].deltas[name].materialize(lm.model.get_parameter(name)),
                               alone.entries[0].deltas[name].materialize(lm.model.get_parameter(name)))
     assert not m.edit(lm, REQS[1]).entries[0].info["earlier_edits_remembered"]  # reverted: nothing held
+
+
+def test_memit_keeps_its_targets_on_disk_for_the_same_weights(tiny_factory, tmp_path, monkeypatch):
+    """A rerun on the same weights reads every target from disk and makes the same edit; on weights that
+    hold an edit, nothing is read (the targets of another state are never used)."""
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path))
+    lm = tiny_factory("llama")
+    hp = dict(QUICK["memit"], stats_tokens=1000)
+    first = edit(lm, REQS, method="memit", **hp)
+    assert first.entries[0].info["targets_from_disk"] == 0
+    again = edit(lm, REQS, method="memit", **hp)
+    assert again.entries[0].info["targets_from_disk"] == len(REQS)
+    for name, d in first.entries[0].deltas.items():
+        assert torch.equal(d.materialize(lm.model.get_parameter(name)), again.entries[0].deltas[name].materialize(lm.model.get_parameter(name)))
+    with first.applied(lm):
+        on_top = edit(lm, REQS, method="memit", **hp)
+    assert on_top.entries[0].info["targets_from_disk"] == 0
+    assert edit(lm, REQS, method="memit", **{**hp, "steps": 4}).entries[0].info["targets_from_disk"] == 0  # other value settings
+
+
+def test_memit_passes_go_further_toward_the_targets(tiny_factory, tmp_path, monkeypatch):
+    """A second round of the spread, on the model holding the first, closes more of the distance to z."""
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path))
+    lm = tiny_factory("llama")
+    reqs = REQS + [Request("{} was written in", "Hamlet", " Latin"), Request("{} is a citizen of", "Angela Merkel", " Peru")]
+    hp = dict(QUICK["memit"], stats_tokens=1000, mom2_update_weight=50.0)
+    one = edit(lm, reqs, method="memit", **hp).entries[0].info["target_distance_left"]
+    two = edit(lm, reqs, method="memit", **hp, passes=2).entries[0].info["target_distance_left"]
+    assert two < 0.8 * one, (one, two)  # 0.65 -> 0.46 on this tiny model

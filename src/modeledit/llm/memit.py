@@ -43,6 +43,7 @@ from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import second_moments
 from modeledit.llm.memory_hparams import VALUE_CHUNK, MemoryEditHyperParams
+from modeledit.llm.target_cache import cached_values
 from modeledit.llm.value import compute_values
 from modeledit.patch import Delta, Patch
 
@@ -78,16 +79,21 @@ class MEMITHyperParams(MemoryEditHyperParams):
     context_spec: tuple[tuple[int, int], ...] = ((10, 5),)
     clamp_norm_factor: float = 0.75  # ‖δ‖ ≤ 0.75‖h‖ at the residual stream
     mom2_update_weight: float | None = None  # λ; None: GPT-J's 15,000 at its key width, scaled to this model's (see lam)
+    # rounds of the spread over the range (the paper: one). Each next round reads keys and residuals on the model
+    # holding the rounds before and spreads what is left of z − h, correcting where the linear step fell short
+    passes: int = 1
     # how the work is cut into passes: speed and memory only, the results are the same (a resumed run may change them)
     value_batch: int = field(default=VALUE_CHUNK, metadata={"speed_only": True})  # requests whose targets are optimised together
     key_batch: int = field(default=64, metadata={"speed_only": True})  # requests per pass when reading keys
+    # keep each request's target on disk (target_cache.py), as MEMIT's code does: a rerun on the same weights reads it
+    cache_targets: bool = field(default=True, metadata={"speed_only": True})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         v = self.mom2_update_weight
         if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
             raise RequestError("mom2_update_weight", f"must be a positive finite number or None, got {v!r}")
-        for name in ("value_batch", "key_batch"):
+        for name in ("value_batch", "key_batch", "passes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RequestError(name, f"must be a positive integer, got {getattr(self, name)!r}")
         if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)):
@@ -135,10 +141,14 @@ class MEMIT(LLMMethod):
         t0 = time.perf_counter()
         moments = second_moments(lm, layers, hp.stats)
         templates = context_templates(lm, hp.context_spec, hp.context_seed)
-        values = compute_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch,
-                                progress=progress)
+        if hp.cache_targets:
+            values, from_disk = cached_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block",
+                                              chunk=hp.value_batch, progress=progress)
+        else:
+            values, from_disk = compute_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block",
+                                               chunk=hp.value_batch, progress=progress), 0
         t_values = time.perf_counter() - t0
-        log.info("MEMIT: the targets of %d requests took %.0f s", len(requests), t_values)
+        log.info("MEMIT: the targets of %d requests took %.0f s (%d read from disk)", len(requests), t_values, from_disk)
         z = torch.stack([v.v0 + v.delta for v in values])  # (n, hidden) targets of the residual stream at `last`
         deltas, final = self.spread(lm, requests, z, layers, moments, templates)
         layout = lm.layout
@@ -155,6 +165,7 @@ class MEMIT(LLMMethod):
             },
             "target_distance_left": float((final - z).norm(dim=1).mean() / (z - torch.stack([v.v0 for v in values])).norm(dim=1).mean().clamp(min=1e-12)),
             "value_seconds": t_values,
+            "targets_from_disk": from_disk,  # computed before on these weights (target_cache.py): their time is not in value_seconds
             "precision": resolve_precision(hp.precision, lm.device),
             "seconds": time.perf_counter() - t0,
         }
@@ -168,19 +179,17 @@ class MEMIT(LLMMethod):
         deltas: dict[str, Delta] = {}
         reader = _RangeReader(lm, layers[0], requests, templates, hp.key_batch)
         with ExitStack() as applied:
-            for i, layer in enumerate(layers):
-                keys = reader.keys(layer)  # (n, inter)
-                now = reader.residuals(last)  # (n, hidden)
-                resid = (z - now) / (len(layers) - i)
-                R, A = self.layer_update(lm, layer, resid, keys, moments[layer])
-                name = layout.weight_name(layer)
-                W = lm.model.get_parameter(name)
-                d = Delta(left=A.float(), right=R.float()) if layout.mlp_out_transposed else Delta(left=R.float(), right=A.float())
-                if len(requests) * (R.shape[0] + A.shape[0]) >= R.shape[0] * A.shape[0]:  # low-rank only while smaller
-                    d = Delta(dense=d.materialize(W).cpu())
-                deltas[name] = d
-                applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
-                log.info("MEMIT layer %d: mean residual norm %.3f", layer, float(resid.norm(dim=1).mean()))
+            for p in range(hp.passes):
+                for i, layer in enumerate(layers):
+                    keys = reader.keys(layer)  # (n, inter)
+                    now = reader.residuals(last)  # (n, hidden)
+                    resid = (z - now) / (len(layers) - i)
+                    R, A = self.layer_update(lm, layer, resid, keys, moments[layer])
+                    name = layout.weight_name(layer)
+                    d = Delta(left=A.float(), right=R.float()) if layout.mlp_out_transposed else Delta(left=R.float(), right=A.float())
+                    applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
+                    deltas[name] = _summed(deltas.get(name), d, lm.model.get_parameter(name))
+                    log.info("MEMIT pass %d, layer %d: mean residual norm %.3f", p + 1, layer, float(resid.norm(dim=1).mean()))
             final = reader.residuals(last)
             self.after_update(lm, reader, layers)
         return deltas, final
@@ -191,6 +200,18 @@ class MEMIT(LLMMethod):
 
     def after_update(self, lm: LanguageModel, reader: "_RangeReader", layers: Sequence[int]) -> None:
         """Called with every layer's update applied; MEMIT keeps nothing (AlphaEdit remembers the keys)."""
+
+
+def _summed(before: Delta | None, d: Delta, W: torch.Tensor) -> Delta:
+    """``before`` + ``d`` for a parameter shaped like ``W``: low-rank (factors side by side) while that is smaller
+    than the dense matrix."""
+    if before is not None and before.dense is None and d.dense is None:
+        d = Delta(left=torch.cat([before.left, d.left], 1), right=torch.cat([before.right, d.right], 1))
+    elif before is not None:
+        return Delta(dense=(before.materialize(W) + d.materialize(W)).cpu())
+    if d.rank * (W.shape[0] + W.shape[1]) >= W.shape[0] * W.shape[1]:
+        return Delta(dense=d.materialize(W).cpu())
+    return d
 
 
 class _RangeReader:

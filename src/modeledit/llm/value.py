@@ -244,6 +244,14 @@ def optimise_values(
     ]
 
 
+def by_tail(lm: LanguageModel, requests: Sequence[Request]) -> list[int]:
+    """The requests' indices ordered by the length in tokens of what follows the subject (prompt and target)."""
+    def tail(r: Request) -> int:
+        return len(lm.tokenizer(r.prompt.split("{}", 1)[1] + r.target, add_special_tokens=False)["input_ids"])
+
+    return sorted(range(len(requests)), key=lambda i: tail(requests[i]))
+
+
 def compute_values(
     lm: LanguageModel,
     layer: int,
@@ -265,10 +273,7 @@ def compute_values(
     independent: the order changes no result); the results come back in the requests' order. ``token``:
     the edit site's token class (the last subject token; the sweep's others: ``tokens.TOKEN_CLASSES``);
     ``guards[i]``: other subjects held in request i's prompt, with ``C`` the update's key statistics."""
-    def tail(r: Request) -> int:
-        return len(lm.tokenizer(r.prompt.split("{}", 1)[1] + r.target, add_special_tokens=False)["input_ids"])
-
-    order = sorted(range(len(requests)), key=lambda i: tail(requests[i]))
+    order = by_tail(lm, requests)
     out: list[ValueResult | None] = [None] * len(requests)
     done = 0
     for b in range(0, len(order), chunk):
