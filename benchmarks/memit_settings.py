@@ -3,7 +3,7 @@ counterfact-train.json; zsRE: after the first 500 of zsre-train-1k.json, the eva
 evaluated figures are not tuned on.
 
 The targets z (the expensive part) depend only on the last layer of the range and on the value settings
-(``--set steps=40 --set stop_on=target``, any field of MEMIT's), so they are computed once for the batch;
+(``--set steps=40 --set stop_on=target``, any field of MEMIT's), so they are computed once for the batch and kept on disk (target_cache.py);
 each (layers, λ) setting then only reads keys, solves and scores. Prints the benchmark's three scores ×100
 (CounterFact: ES / PS / NS, answers compared by token-mean log-probability; zsRE: efficacy / paraphrase /
 specificity, top-1 token accuracy) of the batch edited jointly, and how far the residual stream got toward z.
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,9 +29,9 @@ from modeledit.llm.contexts import context_templates
 from modeledit.llm.memit import MEMIT, MEMITHyperParams
 from modeledit.llm.method import parse_settings
 from modeledit.llm.stats import second_moments
-from modeledit.llm.value import compute_values
+from modeledit.llm.target_cache import cached_values
 from modeledit.patch import Patch
-from modeledit.report import mean, read_json_list, read_tensors, write_tensors
+from modeledit.report import mean, read_json_list
 
 
 def main() -> None:
@@ -72,25 +71,11 @@ def main() -> None:
     all_layers = list(range(min(firsts), args.last + 1))
     moments = second_moments(lm, all_layers, hp.stats)
     templates = context_templates(lm, hp.context_spec, hp.context_seed)
-    # the targets are kept in DIR/targets.safetensors for the same cases, layer and value settings: a rerun with
-    # other layer ranges or λ starts from them
-    ident = json.loads(json.dumps({"benchmark": args.benchmark, "skip": args.skip, "cases": [c.case_id for c in cases],
-                                   "last": args.last, "value": asdict(hp.value), "templates": list(templates)}, default=str))
-    cached = out / "targets.safetensors"
-    tensors = None
-    if cached.exists():
-        header, tensors = read_tensors(cached, "cached MEMIT targets")
-        if header != ident:
-            tensors = None
-    if tensors is None:
-        t = time.perf_counter()
-        values = compute_values(lm, args.last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch)
-        print(f"targets of {len(requests)} requests at layer {args.last}: {time.perf_counter() - t:.0f} s", flush=True)
-        tensors = {"z": torch.stack([v.v0 + v.delta for v in values]), "v0": torch.stack([v.v0 for v in values])}
-        write_tensors(cached, tensors, ident)
-    else:
-        print(f"targets of {len(requests)} requests at layer {args.last}: read from {cached}", flush=True)
-    z, v0 = tensors["z"], tensors["v0"]
+    # the targets are kept on disk per request (target_cache.py): a rerun with other layer ranges, λ or passes reads them
+    t = time.perf_counter()
+    values, from_disk = cached_values(lm, args.last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch)
+    print(f"targets of {len(requests)} requests at layer {args.last}: {time.perf_counter() - t:.0f} s ({from_disk} read from disk)", flush=True)
+    z, v0 = torch.stack([v.v0 + v.delta for v in values]), torch.stack([v.v0 for v in values])
     pre = [bench.score(lm, c) for c in cases]
     rows = [{"setting": "unedited", **{k: 100 * mean(p[k] for p in pre) for k in keys}}]
     names = ("ES", "PS", "NS") if args.benchmark == "counterfact" else ("eff", "para", "spec")

@@ -398,3 +398,32 @@ def test_memit_passes_go_further_toward_the_targets(tiny_factory, tmp_path, monk
     one = edit(lm, reqs, method="memit", **hp).entries[0].info["target_distance_left"]
     two = edit(lm, reqs, method="memit", **hp, passes=2).entries[0].info["target_distance_left"]
     assert two < 0.8 * one, (one, two)  # 0.65 -> 0.46 on this tiny model
+
+
+def test_memit_retarget_gives_new_targets_to_the_requests_not_taken(tiny_factory, tmp_path, monkeypatch):
+    """A round of new targets: the requests the edit does not take get a z optimised on the model holding the
+    edit (kept on disk under those weights), and the spread goes on toward them; every round's patch is
+    reverted. A random tiny model takes none: every request is retargeted. (What it buys: the zsRE run in
+    the README.)"""
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path))
+    lm = tiny_factory("llama")
+    reqs = REQS + [Request("{} was written in", "Hamlet", " Latin"), Request("{} is a citizen of", "Angela Merkel", " Peru")]
+    hp = dict(QUICK["memit"], stats_tokens=1000, mom2_update_weight=50.0)
+    before = state_bytes(lm.model)
+    plain = edit(lm, reqs, method="memit", **hp)
+    files = lambda: sorted(tmp_path.glob("targets/*/*.safetensors"))  # noqa: E731
+    assert len(files()) == len(reqs)
+    again = edit(lm, reqs, method="memit", **hp, retarget=1)
+    assert same_state(lm.model, before)
+    info = again.entries[0].info
+    assert plain.entries[0].info["retargeted"] == [] and info["retargeted"] == [len(reqs)]
+    assert info["targets_from_disk"] == len(reqs) and len(files()) == 2 * len(reqs)  # the first round's from disk, new ones on the edited weights
+    assert edit(lm, reqs, method="memit", **hp, retarget=1).entries[0].info["targets_from_disk"] == 2 * len(reqs)
+    name = next(iter(plain.entries[0].deltas))
+    W = lm.model.get_parameter(name)
+    assert again.entries[0].deltas[name].rank == 2 * plain.entries[0].deltas[name].rank  # the second spread's factors beside the first's
+    assert not torch.allclose(again.entries[0].deltas[name].materialize(W), plain.entries[0].deltas[name].materialize(W))
+    with pytest.raises(RequestError, match="retarget"):
+        get_method("memit", retarget=-1)
+    with pytest.raises(RequestError, match="AlphaEdit"):
+        get_method("alphaedit", retarget=1)

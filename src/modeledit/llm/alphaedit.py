@@ -51,6 +51,9 @@ class AlphaEditHyperParams(MEMITHyperParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.retarget:
+            raise RequestError("retarget", "new targets on the edited model are MEMIT's option: AlphaEdit's remembered keys "
+                                           "belong to the weights of one spread; leave retarget at 0")
         if self.nullspace_energy is not None and not (isinstance(self.nullspace_energy, (int, float)) and 0 < self.nullspace_energy < 1):
             raise RequestError("nullspace_energy", f"must be a share of the trace between 0 and 1, got {self.nullspace_energy!r}")
         for name in ("nullspace_threshold", "l2"):

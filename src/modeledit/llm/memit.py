@@ -43,6 +43,7 @@ from modeledit.llm.request import Request
 from modeledit.llm.rows import build_rows
 from modeledit.llm.stats import second_moments
 from modeledit.llm.memory_hparams import VALUE_CHUNK, MemoryEditHyperParams
+from modeledit.llm.score import score_continuations
 from modeledit.llm.target_cache import cached_values
 from modeledit.llm.value import compute_values
 from modeledit.patch import Delta, Patch
@@ -82,6 +83,10 @@ class MEMITHyperParams(MemoryEditHyperParams):
     # rounds of the spread over the range (the paper: one). Each next round reads keys and residuals on the model
     # holding the rounds before and spreads what is left of z − h, correcting where the linear step fell short
     passes: int = 1
+    # rounds of new targets (not in the paper): after the spread, each request the edit does not take yet (its new
+    # target is not the greedy continuation of its prompt) gets a new z, optimised on the model holding the edit so
+    # far — its other tokens as the edit left them — and the spread runs again toward the new targets
+    retarget: int = 0
     # how the work is cut into passes: speed and memory only, the results are the same (a resumed run may change them)
     value_batch: int = field(default=VALUE_CHUNK, metadata={"speed_only": True})  # requests whose targets are optimised together
     key_batch: int = field(default=64, metadata={"speed_only": True})  # requests per pass when reading keys
@@ -96,6 +101,8 @@ class MEMITHyperParams(MemoryEditHyperParams):
         for name in ("value_batch", "key_batch", "passes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RequestError(name, f"must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.retarget, int) or self.retarget < 0:
+            raise RequestError("retarget", f"must be a whole number of rounds (0: none), got {self.retarget!r}")
         if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)):
             raise RequestError("layers", f"{self.layers!r}: give distinct layers in increasing order, e.g. 8,9,10")
 
@@ -141,16 +148,27 @@ class MEMIT(LLMMethod):
         t0 = time.perf_counter()
         moments = second_moments(lm, layers, hp.stats)
         templates = context_templates(lm, hp.context_spec, hp.context_seed)
-        if hp.cache_targets:
-            values, from_disk = cached_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block",
-                                              chunk=hp.value_batch, progress=progress)
-        else:
-            values, from_disk = compute_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block",
-                                               chunk=hp.value_batch, progress=progress), 0
+        values, from_disk = self.targets(lm, last, requests, templates, progress)
         t_values = time.perf_counter() - t0
         log.info("MEMIT: the targets of %d requests took %.0f s (%d read from disk)", len(requests), t_values, from_disk)
         z = torch.stack([v.v0 + v.delta for v in values])  # (n, hidden) targets of the residual stream at `last`
         deltas, final = self.spread(lm, requests, z, layers, moments, templates)
+        retargeted = []
+        for _ in range(hp.retarget):
+            with Patch.from_deltas(lm.model, deltas, method=self.name, hparams={}, requests=[]).applied(lm):
+                scored = score_continuations(lm, [(r.text, r.target) for r in requests])
+                miss = [i for i, s in enumerate(scored) if s.top1 != s.tokens]
+                retargeted.append(len(miss))
+                log.info("MEMIT: %d of %d requests not taken yet: new targets on the edited model", len(miss), len(requests))
+                if not miss:
+                    break
+                again, n = self.targets(lm, last, [requests[i] for i in miss], templates, progress)
+                from_disk += n
+                for i, v in zip(miss, again):
+                    z[i] = v.v0 + v.delta
+                more, final = self.spread(lm, requests, z, layers, moments, templates)
+            for name, d in more.items():
+                deltas[name] = _summed(deltas.get(name), d, lm.model.get_parameter(name))
         layout = lm.layout
         info = {
             "layers": layers,
@@ -165,11 +183,21 @@ class MEMIT(LLMMethod):
             },
             "target_distance_left": float((final - z).norm(dim=1).mean() / (z - torch.stack([v.v0 for v in values])).norm(dim=1).mean().clamp(min=1e-12)),
             "value_seconds": t_values,
+            "retargeted": retargeted,  # per round of new targets: the requests not taken yet that got one
             "targets_from_disk": from_disk,  # computed before on these weights (target_cache.py): their time is not in value_seconds
             "precision": resolve_precision(hp.precision, lm.device),
             "seconds": time.perf_counter() - t0,
         }
         return self.patch(lm, deltas, requests, {**asdict(hp), "layers": layers, "mom2_update_weight": hp.lam(layout.intermediate_size)}, info)
+
+    def targets(self, lm: LanguageModel, last: int, requests: Sequence[Request], templates, progress=None):
+        """(each request's target value at block ``last``, how many were read from disk)."""
+        hp = self.hparams
+        if hp.cache_targets:
+            return cached_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch,
+                                 progress=progress)
+        return compute_values(lm, last, requests, templates, (hp.kl_prompt,), hp.value, at="block", chunk=hp.value_batch,
+                              progress=progress), 0
 
     def spread(self, lm: LanguageModel, requests: Sequence[Request], z: torch.Tensor, layers: Sequence[int], moments, templates):
         """The updates of the layers, lowest first, each made on the model holding the ones below, that move

@@ -17,8 +17,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
 from modeledit.errors import PatchError
 from modeledit.llm.cache import cache_dir
 from modeledit.llm.memory_hparams import VALUE_CHUNK, ValueHyperParams
