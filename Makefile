@@ -35,7 +35,7 @@ demo: $(VENV)/.installed
 	$(BIN)/modeledit demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/rome_smollm2.py
