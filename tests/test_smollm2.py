@@ -167,8 +167,22 @@ def test_unknown_model_names_the_choices():
         load_model("no-such-model-xyz")
 
 
-def test_hub_names_load_through_the_hub_cache(tiny_factory, tmp_path, monkeypatch):
-    """A hub name resolves through huggingface_hub's cache (here filled by hand, offline)."""
+CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens there: the hub "cannot be reached", on any machine
+
+
+def test_an_unknown_name_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "ENDPOINT", CLOSED_PORT)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelNotFoundError, match=r"not in the hub's cache \(the hub cannot be reached from here: http://127.0.0.1:9"):
+        load_model("someone/no-such-model-xyz")
+
+
+@pytest.mark.parametrize("hub", ["told offline", "unreachable"])
+def test_hub_names_load_through_the_hub_cache(tiny_factory, tmp_path, monkeypatch, hub):
+    """A hub name resolves through huggingface_hub's cache (here filled by hand): offline when told so,
+    and when the hub does not answer."""
     lm = tiny_factory("qwen2")
     snap = tmp_path / "hub" / "models--someone--tiny-qwen2" / "snapshots" / ("0" * 40)
     lm.model.save_pretrained(snap)
@@ -176,11 +190,16 @@ def test_hub_names_load_through_the_hub_cache(tiny_factory, tmp_path, monkeypatc
     (tmp_path / "hub" / "models--someone--tiny-qwen2" / "refs").mkdir()
     (tmp_path / "hub" / "models--someone--tiny-qwen2" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    if hub == "told offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(c, "ENDPOINT", CLOSED_PORT)
     got = load_model("someone/tiny-qwen2", device="cpu")
     assert got.layout.mlp_out[0] == "model.layers.0.mlp.down_proj"
     assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in got.model.state_dict().items())

@@ -135,6 +135,22 @@ class LanguageModel:
         return f"LanguageModel({self.name!r}, {type(self.model).__name__}, {self.layout.n_layers} layers)"
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the model hub cannot be reached (None when it answers, or when huggingface_hub is told to stay
+    offline: it then reads its cache alone). Asked once, without retries, before a hub name is loaded:
+    huggingface_hub retries an unreachable hub five times with back-off, ~50 s per missing name."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)  # any answer, whatever its status, is an answer
+    except Exception as exc:  # noqa: BLE001 - the transport's errors (DNS, refused, timeout, proxy) all mean "not reachable"
+        return f"{constants.ENDPOINT}: {type(exc).__name__}: {exc}"
+    return None
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -172,20 +188,23 @@ def load_model(
         source = path
     else:
         source = name  # a hub name
+    hub_down = None if isinstance(source, Path) else hub_unreachable()
+    offline = {"local_files_only": True} if hub_down else {}  # the hub's cache only: no request retried for ~50 s
     offload = None
     placement = {}
     if device_map is not None:
         offload = tempfile.TemporaryDirectory(prefix="offload-", dir=made_dir(cache_dir()))
         placement = {"device_map": device_map, "offload_folder": offload.name}
     try:
-        tok = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **placement)
+        tok = AutoTokenizer.from_pretrained(str(source), **offline)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **placement, **offline)
     except (OSError, ValueError) as exc:
         if isinstance(source, Path):
             raise ModelNotFoundError(f"could not load the model in {source}: {exc}") from exc
         raise ModelNotFoundError(
             f"unknown model '{name}': not a packaged model ({', '.join(PACKAGED)}), not a local path, "
-            f"and the hub could not provide it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            + (f"and not in the hub's cache (the hub cannot be reached from here: {hub_down})" if hub_down else
+               f"and the hub could not provide it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
         ) from exc
     if device_map is None:
         model.to(device)
