@@ -55,10 +55,22 @@ def test_the_sweep_scores_every_cell_resumes_and_sets_the_layer(tiny_factory, tm
     f = tmp_path / "cf.json"
     f.write_text(json.dumps(CASES))
     out = tmp_path / "sweep"
-    tokens = ["last_subject", "first_after", "further"]
+    tokens = ["first_after", "further", "last_subject"]
+
+    def stop(done, total):  # interrupted in the second row: the first row's picture and means are written
+        if done > 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(lm, f, out, layers=[1, 2], tokens=tokens, progress=stop, **FAST)
+    partial = json.loads((out / "sweep.json").read_text())
+    assert not partial["complete"] and partial["best_last_subject"] is not None
+    assert partial["grid"]["efficacy_score"]["first_after"] == [None, None] and (out / "sweep.png").exists()
     result = sweep(lm, f, out, layers=[1, 2], tokens=tokens, set_layer=True, **FAST)
     cells = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
-    assert len(cells) == 2 * 2 * 3 and len({c["cell"] for c in cells}) == 12
+    assert len(cells) == 2 * 2 * 3 and len({c["cell"] for c in cells}) == 12 and result["complete"]
+    # the last subject token's row is swept first (it chooses the layer)
+    assert [c["token"] for c in cells[:4]] == ["last_subject"] * 4
     # "Michael Jordan plays the sport of": a further token exists; a prompt may lack one: skipped, not failed
     skipped = [c for c in cells if "skipped" in c]
     assert all(c["token"] == "further" for c in skipped)

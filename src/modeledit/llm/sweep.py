@@ -75,8 +75,12 @@ def run_sweep(
             pre_log.write({"case_id": c.case_id, "pre": _metrics(bench.score(lm, c), "neighborhood_top1")})
     pre = {r["case_id"]: r["pre"] for r in pre_log.records}
     total, done = len(cases) * len(layers) * len(tokens), len(cells.done)
-    for layer in layers:
-        for token in tokens:
+    # the last subject token's row first (it chooses the layer); the picture is redrawn after each row
+    title = f"Edits of {lm.name} by {method} at each layer and token, {len(cases)} cases"
+    order = sorted(tokens, key=lambda t: t != "last_subject")
+    for token in order:
+        before = done
+        for layer in layers:
             m = get_method(method, **hparams, layer=layer, token=token)
             todo = [c for c in cases if f"{c.case_id}/{layer}/{token}" not in cells.done]
             for b in range(0, len(todo), chunk):
@@ -105,11 +109,20 @@ def run_sweep(
                 done += len(here) + len(skipped)
                 if progress:
                     progress(done, total)
-    result = {"run": run, **summarize(cells.records, layers, tokens)}
-    write_json(out / "sweep.json", result)
+        if done > before and token != order[-1]:
+            _write(out, run, cells.records, layers, tokens, title)
+    return _write(out, run, cells.records, layers, tokens, title)
+
+
+def _write(out: Path, run: dict[str, Any], records: Sequence[dict[str, Any]], layers: Sequence[int], tokens: Sequence[str],
+           title: str) -> dict[str, Any]:
+    """``sweep.json`` and ``sweep.png`` from the cells done so far (``complete``: every cell is done)."""
     from modeledit.llm.sweep_plot import sweep_plot
 
-    sweep_plot(result, out / "sweep.png", f"Edits of {lm.name} by {method} at each layer and token, {len(cases)} cases")
+    result = {"run": run, **summarize(records, layers, tokens)}
+    result["complete"] = len({r["cell"] for r in records}) == len(run["cases"]) * len(layers) * len(tokens)
+    write_json(out / "sweep.json", result)
+    sweep_plot(result, out / "sweep.png", title)
     return result
 
 
