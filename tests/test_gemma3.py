@@ -19,6 +19,11 @@ def test_gemma3_loads_and_knows_the_eiffel_tower(gemma):
     assert gemma.layout.mlp_out[6] == "model.layers.6.mlp.down_proj"
     assert gemma.model.config.tie_word_embeddings
     assert "Paris" in gemma.generate("The Eiffel Tower is located in the city of", 4)
+    # greedy continuations (our loop, after the BOS token) are transformers' own, rows of two lengths
+    from modeledit.llm.generate import _hf_generate
+
+    rows = ["The Eiffel Tower is located in the city of", "Michael Jordan plays the sport of"]
+    assert gemma.generate(rows, 6) == _hf_generate(gemma, rows, 6, False, 5, 0, ())
 
 
 def test_rome_edits_gemma3(gemma):

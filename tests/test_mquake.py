@@ -72,6 +72,8 @@ def test_greedy_continuations_after_shared_text_equal_whole_rows(tiny_factory, f
     rows = ["\nQ: Who wrote Faust? A:", "\nQ: In which country is the company that created the Nissan 200SX located? A:"]
     got = lm.generate(rows, 10, prefix=shared)
     assert got == _hf_generate(lm, [shared + r for r in rows], 10, False, 5, 0, ())
+    # without shared text, greedy continuations take the same loop: transformers' own, again
+    assert lm.generate(rows, 10) == _hf_generate(lm, rows, 10, False, 5, 0, ())
     stop = got[1][len(got[1]) // 2 :][:3]
     assert stop and lm.generate(rows, 10, prefix=shared, stop=(stop,))[1] == got[1].split(stop, 1)[0]
     if family == "llama":  # (the tiny gemma3's next-token distributions are too peaked for samples to differ)

@@ -8,7 +8,10 @@ row's own tokens left-padded after it (a multi-hop question after 300 tokens of 
 after its 900-token prompt, costs its own tokens only; scoring reads the same cached keys). Sampling
 (top-k) is seeded. ``transformers.generate`` cannot take a cache of a shared prefix with pads after it,
 hence this loop (a sliding-window model's cache keeps its window as transformers does: the same
-continuations, tested on Gemma-3). Prompts without shared text go through ``transformers.generate``.
+continuations, tested on Gemma-3). Greedy continuations without shared text take the same loop: its
+output layer is computed as W·hᵀ (``LanguageModel.logits``), 4 ms a step against 32 ms in the model's own
+layer for a few rows on these CPUs. Sampling without shared text goes through ``transformers.generate``,
+whose random stream drew the context prefixes that ROME and MEMIT have cached.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def generate(
         if not prefix:  # the context alone is the shared text, as in scoring (whose cached keys it reuses)
             asked = [" " + p for p in asked]
     texts: list[str] = [""] * len(asked)
-    if not any(heads):
+    if do_sample and not any(heads):  # transformers' sampling: its random stream drew the cached context prefixes
         texts = _hf_generate(lm, [h + p for h, p in zip(heads, asked)], max_new_tokens, do_sample, top_k, seed, stop)
     else:
         sampler = torch.Generator(device=lm.device).manual_seed(seed) if do_sample else None
@@ -108,6 +111,8 @@ def head_kv(lm: Any, head: str) -> tuple[list[int], list[tuple[torch.Tensor, tor
         memo.move_to_end(key)
         return memo[key]
     ids = lm.tokenizer(head)["input_ids"]
+    if not ids:  # no shared text, and no BOS token to read first
+        return [], []
     _, cache = lm.run(torch.tensor([ids], device=lm.device), use_cache=True)
     memo[key] = (ids, [(c.keys, c.values) for c in cache.layers])
     size = lambda v: sum(k.numel() * k.element_size() + x.numel() * x.element_size() for k, x in v[1])  # noqa: E731
