@@ -27,10 +27,14 @@ def make_method(name: str, layer: int | None, settings: Sequence[str]):
 
 def complete(ws: Workspace, lm: Any, model: str, held: Sequence[str], prompts: Sequence[str], tokens: int) -> list[str]:
     """Greedy completions of the model as it is now, which holds the edits ``held`` (their uids, in
-    order): remembered, so that the same prompts on the same stack are completed once."""
-    key = ("complete", model, tuple(held), tuple(prompts), tokens)
-    found = ws.recall(key)
-    return found if found is not None else ws.remember(key, lm.generate(list(prompts), tokens))
+    order): each prompt's is remembered, so that a prompt on the same stack is completed once (a new
+    subject completes its own prompt, not the unchanged ones beside it)."""
+    key = lambda p: ("complete", model, tuple(held), p, tokens)  # noqa: E731
+    got = {p: ws.recall(key(p)) for p in dict.fromkeys(prompts)}
+    new = [p for p, text in got.items() if text is None]
+    for p, text in zip(new, lm.generate(new, tokens) if new else []):
+        got[p] = ws.remember(key(p), text)
+    return [got[p] for p in prompts]
 
 
 def edit_on_stack(ws: Workspace, session: Session, job: Job, model: str, method: Any, request: Any,
