@@ -43,7 +43,7 @@ class Workspace:
         self._locks: dict[str, threading.Lock] = {}
         self._loading = threading.Lock()  # one load at a time (models are large)
         self._guard = threading.Lock()  # guards the dict of locks and the memo
-        self._memo: OrderedDict[tuple, Any] = OrderedDict()  # completions by (model, edits held, prompts, tokens)
+        self._memo: OrderedDict[tuple, Any] = OrderedDict()  # completions by (model, edits held, prompt, tokens)
 
     @property
     def default_model(self) -> str:
