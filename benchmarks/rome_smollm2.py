@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from modeledit.report import machine
 from modeledit.llm.contexts import context_templates
 from modeledit.llm.corpus import resolve_corpus
 from modeledit.llm.rows import build_rows
-from modeledit.llm.stats import StatsConfig, collect_second_moments
+from modeledit.llm.stats import collect_second_moments
 from modeledit.llm.value import optimise_values
 
 REF_SECONDS_PER_EDIT = 43.0

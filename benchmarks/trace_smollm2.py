@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import modeledit as me
-from modeledit.llm.trace import KINDS, CausalTracer, Restore, TraceConfig, default_window, trace, window_layers
+from modeledit.llm.trace import trace
+from modeledit.llm.trace_engine import KINDS, CausalTracer, Restore, TraceConfig, default_window, window_layers
 from modeledit.llm.trace_prompt import prepare_prompt, subject_noise_level
 from modeledit.llm.trace_many import knows, load_known
 

@@ -3,7 +3,8 @@ import torch
 from safetensors.torch import save_file
 
 from modeledit import PatchError
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 from conftest import same_state, state_bytes
 

@@ -146,7 +146,7 @@ def test_bfloat16_matmuls_leave_the_model_as_it_was_also_on_error(tiny_factory):
 
 def test_auto_precision_is_bfloat16_only_where_the_hardware_multiplies_it():
     from modeledit.llm.precision import fast_bfloat16, resolve_precision
-    from modeledit.llm.trace import TraceConfig
+    from modeledit.llm.trace_engine import TraceConfig
 
     cpu = torch.device("cpu")
     amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())

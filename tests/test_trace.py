@@ -9,14 +9,8 @@ from typer.testing import CliRunner
 
 from modeledit import RequestError
 from modeledit.cli import app
-from modeledit.llm.trace import (
-    CausalTracer,
-    Restore,
-    TraceConfig,
-    default_window,
-    trace,
-    window_layers,
-)
+from modeledit.llm.trace import trace
+from modeledit.llm.trace_engine import CausalTracer, Restore, TraceConfig, default_window, window_layers
 from modeledit.llm.trace_prompt import prepare_prompt
 
 from conftest import FAMILIES

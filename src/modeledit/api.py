@@ -162,11 +162,12 @@ def trace(
 ):
     """Causal trace of one fact (hidden states, MLP and attention windows). With ``out_dir``, writes
     ``trace.json`` and one heatmap per sweep (``trace_hidden.png``, ``trace_mlp.png``, ``trace_attn.png``)."""
-    from modeledit.llm import trace as tr
+    from modeledit.llm.trace import trace as trace_fact
+    from modeledit.llm.trace_engine import TraceConfig
     from modeledit.llm.trace_plot import heatmap
     from modeledit.report import write_json
 
-    result = tr.trace(lm, prompt, subject, target, tr.TraceConfig(**config), progress=progress)
+    result = trace_fact(lm, prompt, subject, target, TraceConfig(**config), progress=progress)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +228,7 @@ def trace_facts(
     layer where the MLP's effect at the last subject token peaks as ROME's default layer for this model.
     ``workers`` / ``ray_address``: the facts spread over Ray workers, as ``evaluate`` spreads cases."""
     from modeledit.llm.layer_choice import store_layer
-    from modeledit.llm.trace import TraceConfig
+    from modeledit.llm.trace_engine import TraceConfig
     from modeledit.llm.trace_many import load_known, trace_many
     from modeledit.llm.trace_plot import aggregate_plot
 

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from modeledit.delta import Delta, add_delta
 from modeledit.errors import PatchError
 from modeledit.fingerprint import fingerprint, remember
 from modeledit.report import read_tensors
@@ -28,43 +29,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "modeledit.patch"
 VERSION = 2  # 2: an entry holds a list of requests (a joint edit of many); version 1 files (one request) load too
-
-
-@dataclass
-class Delta:
-    """The change to one parameter, in the parameter's own layout: ``left @ right.T`` or ``dense``."""
-
-    left: torch.Tensor | None = None
-    right: torch.Tensor | None = None
-    dense: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if (self.dense is None) == (self.left is None or self.right is None):
-            raise PatchError("a Delta is either dense or low-rank (left and right), not both or neither")
-
-    @property
-    def rank(self) -> int | None:
-        return None if self.left is None else int(self.left.shape[1])
-
-    def materialize(self, like: torch.Tensor) -> torch.Tensor:
-        """The dense float32 delta, on ``like``'s device, shaped like ``like``."""
-        if self.dense is not None:
-            d = self.dense.to(device=like.device, dtype=torch.float32)
-        else:
-            d = self.left.to(like.device, torch.float32) @ self.right.to(like.device, torch.float32).T
-        if d.shape != like.shape:
-            raise PatchError(f"delta of shape {tuple(d.shape)} does not fit parameter of shape {tuple(like.shape)}")
-        return d
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        if self.dense is not None:
-            return {"dense": self.dense}
-        return {"left": self.left, "right": self.right}
-
-
-def add_delta(param: torch.Tensor, delta: Delta) -> torch.Tensor:
-    """The new value of ``param``: computed in float32, stored in the parameter's dtype."""
-    return (param.detach().to(torch.float32) + delta.materialize(param)).to(param.dtype)
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any, Mapping
 import torch
 
 from modeledit.errors import PatchError
-from modeledit.patch import FORMAT, VERSION, Delta, Patch, PatchEntry
+from modeledit.delta import Delta
+from modeledit.patch import FORMAT, VERSION, Patch, PatchEntry
 from modeledit.report import write_tensors
 
 

@@ -19,7 +19,8 @@ from torch.func import functional_call
 from modeledit.classifier.model import Classifier
 from modeledit.errors import RequestError
 from modeledit.fingerprint import fingerprint
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from modeledit.diffusion.request import ImagicRequest
 from modeledit.diffusion.sample import sample
 from modeledit.diffusion.schedule import alphas_cumprod
 from modeledit.errors import EditFailedError, RequestError
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 log = logging.getLogger(__name__)
 

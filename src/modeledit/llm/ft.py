@@ -21,7 +21,8 @@ from modeledit.llm.model import LanguageModel
 from modeledit.llm.request import Request
 from modeledit.llm.rome import default_layer
 from modeledit.llm.tune import tune_on_targets
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 
 @dataclass(frozen=True)

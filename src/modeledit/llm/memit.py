@@ -46,7 +46,8 @@ from modeledit.llm.memory_hparams import VALUE_CHUNK, MemoryEditHyperParams
 from modeledit.llm.score import score_continuations
 from modeledit.llm.target_cache import cached_values
 from modeledit.llm.value import compute_values
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ PAPER_LAMBDA, PAPER_KEY_WIDTH = 15_000.0, 16_384  # GPT-J's λ and MLP width (GP
 
 def default_layers(lm: LanguageModel) -> tuple[list[int], str]:
     """The layer range for this model, and why."""
-    from modeledit.llm.trace import window_layers
+    from modeledit.llm.trace_engine import window_layers
 
     n = lm.layout.n_layers
     choice = chosen_layer(lm)

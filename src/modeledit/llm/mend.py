@@ -36,7 +36,8 @@ from modeledit.llm.outcome import outcome_pairs, record_outcomes
 from modeledit.llm.partial import PartialForward, eager_attention, split_rows
 from modeledit.llm.request import Request
 from modeledit.llm.frozen import frozen_weights
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 PAPER_LAYERS = 3  # the MLPs of the last three blocks
 

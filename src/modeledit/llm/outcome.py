@@ -22,7 +22,8 @@ from modeledit.llm.partial import PartialForward
 from modeledit.llm.score import score_continuations, score_from
 from modeledit.llm.hooks import Hooks
 from modeledit.llm.layout import linear_dims
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 
 def outcome_pairs(requests: Sequence[Request]) -> list[tuple[str, str]]:

@@ -33,7 +33,8 @@ from modeledit.llm.stats import second_moments
 from modeledit.llm.tokens import TOKEN_CLASSES
 from modeledit.llm.memory_hparams import MemoryEditHyperParams
 from modeledit.llm.value import compute_values
-from modeledit.patch import Delta, Patch
+from modeledit.delta import Delta
+from modeledit.patch import Patch
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import torch
 from modeledit.errors import DataError
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.tokens import encode_continuation, pad_right
-from modeledit.llm.trace import KINDS, TraceConfig, default_window, trace
+from modeledit.llm.trace import trace
+from modeledit.llm.trace_engine import KINDS, TraceConfig, default_window
 from modeledit.llm.trace_prompt import prepare_prompt, subject_noise_level
 from modeledit.report import CaseLog, mean, read_json_list, start_run, write_json
 
