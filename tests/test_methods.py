@@ -387,6 +387,13 @@ def test_memit_keeps_its_targets_on_disk_for_the_same_weights(tiny_factory, tmp_
         on_top = edit(lm, REQS, method="memit", **hp)
     assert on_top.entries[0].info["targets_from_disk"] == 0
     assert edit(lm, REQS, method="memit", **{**hp, "steps": 4}).entries[0].info["targets_from_disk"] == 0  # other value settings
+    # "auto" and the precision it resolves to here are one computation: they share their targets
+    from modeledit.llm.precision import resolve_precision
+
+    here = resolve_precision("auto", lm.device)
+    assert edit(lm, REQS, method="memit", **{**hp, "precision": here}).entries[0].info["targets_from_disk"] == len(REQS)
+    other = "float32" if here == "bfloat16" else "bfloat16"
+    assert edit(lm, REQS, method="memit", **{**hp, "precision": other}).entries[0].info["targets_from_disk"] == 0
 
 
 def test_memit_passes_go_further_toward_the_targets(tiny_factory, tmp_path, monkeypatch):
@@ -398,6 +405,33 @@ def test_memit_passes_go_further_toward_the_targets(tiny_factory, tmp_path, monk
     one = edit(lm, reqs, method="memit", **hp).entries[0].info["target_distance_left"]
     two = edit(lm, reqs, method="memit", **hp, passes=2).entries[0].info["target_distance_left"]
     assert two < 0.8 * one, (one, two)  # 0.65 -> 0.46 on this tiny model
+
+
+def test_memit_own_tokens_weight_holds_the_batchs_other_tokens(tiny_factory, tmp_path, monkeypatch):
+    """With ``own_tokens_weight`` the update moves the keys of the requests' other tokens (their prompts' and
+    targets' tokens besides the edit site) far less than MEMIT's own update does; 0 is the paper's."""
+    from modeledit.llm.memit import _RangeReader
+
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path))
+    lm = tiny_factory("llama")
+    reqs = REQS + [Request("{} was written in", "Hamlet", " Latin"), Request("{} is a citizen of", "Angela Merkel", " Peru")]
+    hp = dict(QUICK["memit"], stats_tokens=1000, mom2_update_weight=50.0)
+    plain = edit(lm, reqs, method="memit", **hp)
+    held = edit(lm, reqs, method="memit", **hp, own_tokens_weight=10.0)
+    first = plain.entries[0].info["layers"][0]
+    name = lm.layout.weight_name(first)
+    W = lm.model.get_parameter(name)
+    H = _RangeReader(lm, first, reqs, ("{}",), 64, whole=True).off_site_moment(first)  # Σ k kᵀ, unedited model
+    moved = lambda e: float(torch.trace(_as_out_in(lm, e.entries[0].deltas[name].materialize(W)) @ H  # noqa: E731
+                                        @ _as_out_in(lm, e.entries[0].deltas[name].materialize(W)).T))
+    assert moved(held) < 0.1 * moved(plain), (moved(held), moved(plain))  # 0.39 against 49.6 on this tiny model
+    with pytest.raises(RequestError, match="own_tokens_weight"):
+        get_method("memit", own_tokens_weight=-1.0)
+
+
+def _as_out_in(lm, d):
+    """A weight delta as (out, in) — transposed where the model stores the projection as (in, out)."""
+    return d.T.double() if lm.layout.mlp_out_transposed else d.double()
 
 
 def test_memit_retarget_gives_new_targets_to_the_requests_not_taken(tiny_factory, tmp_path, monkeypatch):

@@ -99,10 +99,14 @@ class AlphaEdit(MEMIT):
         info["earlier_edits_remembered"] = bool(self._earlier)
         return patch
 
-    def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor):
+    def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor,
+                     held: torch.Tensor | None = None):
         P, rank = self.projector(lm, layer, C)
         self._ranks = {**getattr(self, "_ranks", {}), layer: rank}
-        return alphaedit_update(resid, keys, P, self._earlier.get(layer), self.hparams.l2)
+        earlier = self._earlier.get(layer)
+        if held is not None:  # the batch's own other tokens join the earlier edits' keys
+            earlier = held if earlier is None else earlier + held.to(earlier)
+        return alphaedit_update(resid, keys, P, earlier, self.hparams.l2)
 
     def projector(self, lm: LanguageModel, layer: int, C: torch.Tensor) -> tuple[torch.Tensor, int]:
         memo = lm.memo.setdefault("alphaedit_projectors", {})

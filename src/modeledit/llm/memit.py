@@ -88,6 +88,12 @@ class MEMITHyperParams(MemoryEditHyperParams):
     # target is not the greedy continuation of its prompt) gets a new z, optimised on the model holding the edit so
     # far — its other tokens as the edit left them — and the spread runs again toward the new targets
     retarget: int = 0
+    # the batch's own other tokens (not in the paper): the keys of every token of each request's bare prompt and
+    # teacher-forced target but its edit site, held in the solve with this weight each (an edit key's is 1):
+    # ΔW = R Kᵀ (λC + KKᵀ + μ K_o K_oᵀ)⁻¹. Each target z is optimised with only its subject token changed; with
+    # many edits in a few layers, the other edits' updates also move these tokens (the answer's, the question's)
+    # and z no longer fits — this holds them where z was found. 0: the paper's update
+    own_tokens_weight: float = 0.0
     # how the work is cut into passes: speed and memory only, the results are the same (a resumed run may change them)
     value_batch: int = field(default=VALUE_CHUNK, metadata={"speed_only": True})  # requests whose targets are optimised together
     key_batch: int = field(default=64, metadata={"speed_only": True})  # requests per pass when reading keys
@@ -102,6 +108,9 @@ class MEMITHyperParams(MemoryEditHyperParams):
         for name in ("value_batch", "key_batch", "passes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RequestError(name, f"must be a positive integer, got {getattr(self, name)!r}")
+        w = self.own_tokens_weight
+        if not (isinstance(w, (int, float)) and 0 <= w < float("inf")):
+            raise RequestError("own_tokens_weight", f"must be a finite number ≥ 0 (0: the paper's update), got {w!r}")
         if not isinstance(self.retarget, int) or self.retarget < 0:
             raise RequestError("retarget", f"must be a whole number of rounds (0: none), got {self.retarget!r}")
         if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)):
@@ -116,14 +125,18 @@ class MEMITHyperParams(MemoryEditHyperParams):
         return self.mom2_update_weight if self.mom2_update_weight is not None else PAPER_LAMBDA * key_width / PAPER_KEY_WIDTH
 
 
-def memit_update(resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def memit_update(
+    resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor, lam: float, held: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, A) with ΔW = R Aᵀ of shape (out, in), for residuals ``resid`` (n, out) and keys ``keys`` (n, in):
-    R = residsᵀ, A = (λC + KKᵀ)⁻¹K with K = keysᵀ; in float64.
+    R = residsᵀ, A = (λC + KKᵀ + H)⁻¹K with K = keysᵀ; in float64.
 
-    ΔW minimises Σᵢ‖ΔW kᵢ − rᵢ‖² + λ·tr(ΔW C ΔWᵀ): the new keys get their residuals, and the corpus's keys
-    (second moment C) move as little as possible."""
+    ΔW minimises Σᵢ‖ΔW kᵢ − rᵢ‖² + λ·tr(ΔW C ΔWᵀ) + tr(ΔW H ΔWᵀ): the new keys get their residuals, and the
+    corpus's keys (second moment C) move as little as possible, as do the keys whose (weighted) sum of
+    outer products is ``held`` (None: none; the batch's own other tokens, ``own_tokens_weight``)."""
     K = keys.to(torch.float64).T  # (in, n)
-    A = torch.linalg.solve(lam * C.to(torch.float64) + K @ K.T, K)  # (in, n)
+    M = lam * C.to(torch.float64) + K @ K.T
+    A = torch.linalg.solve(M if held is None else M + held.to(M), K)  # (in, n)
     R = resid.to(torch.float64).T  # (out, n)
     if not (torch.isfinite(A).all() and torch.isfinite(R).all()):
         raise EditFailedError("the MEMIT solve is not finite (statistics ill-conditioned?); collect them over more tokens")
@@ -207,13 +220,16 @@ class MEMIT(LLMMethod):
         last = layers[-1]
         deltas: dict[str, Delta] = {}
         reader = _RangeReader(lm, layers[0], requests, templates, hp.key_batch)
+        # the bare prompts with their targets, whole: the tokens besides the edit sites (own_tokens_weight)
+        own = _RangeReader(lm, layers[0], requests, ("{}",), hp.key_batch, whole=True) if hp.own_tokens_weight else None
         with ExitStack() as applied:
             for p in range(hp.passes):
                 for i, layer in enumerate(layers):
                     keys = reader.keys(layer)  # (n, inter)
                     now = reader.residuals(last)  # (n, hidden)
                     resid = (z - now) / (len(layers) - i)
-                    R, A = self.layer_update(lm, layer, resid, keys, moments[layer])
+                    held = None if own is None else hp.own_tokens_weight * own.off_site_moment(layer)
+                    R, A = self.layer_update(lm, layer, resid, keys, moments[layer], held)
                     name = layout.weight_name(layer)
                     d = Delta(left=A.float(), right=R.float()) if layout.mlp_out_transposed else Delta(left=R.float(), right=A.float())
                     applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
@@ -223,9 +239,11 @@ class MEMIT(LLMMethod):
             self.after_update(lm, reader, layers)
         return deltas, final
 
-    def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor):
-        """(R, A) with ΔW = R Aᵀ at ``layer``: MEMIT's least-squares update."""
-        return memit_update(resid, keys, C, self.hparams.lam(lm.layout.intermediate_size))
+    def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor,
+                     held: torch.Tensor | None = None):
+        """(R, A) with ΔW = R Aᵀ at ``layer``: MEMIT's least-squares update; ``held``: the weighted second
+        moment (a sum) of other keys to keep, or None."""
+        return memit_update(resid, keys, C, self.hparams.lam(lm.layout.intermediate_size), held)
 
     def after_update(self, lm: LanguageModel, reader: "_RangeReader", layers: Sequence[int]) -> None:
         """Called with every layer's update applied; MEMIT keeps nothing (AlphaEdit remembers the keys)."""
@@ -252,13 +270,14 @@ class _RangeReader:
     - the input of the range's first block is recorded once: updates inside the range cannot change it, so
       each later read runs only the blocks from the range's first up to the one read (stopping there)."""
 
-    def __init__(self, lm: LanguageModel, first: int, requests: Sequence[Request], templates: Sequence[str], batch: int):
+    def __init__(self, lm: LanguageModel, first: int, requests: Sequence[Request], templates: Sequence[str], batch: int,
+                 whole: bool = False):
         self.lm, self.first = lm, first
         blocks = lm.layout.blocks
         self.batches = []
         for b in range(0, len(requests), batch):
             rows = build_rows(lm, requests[b : b + batch], templates, ())
-            width = int(rows.site.max()) + 1
+            width = rows.input_ids.shape[1] if whole else int(rows.site.max()) + 1
             ids, mask = rows.input_ids[:, :width], rows.attention_mask[:, :width]
             with torch.no_grad(), Hooks(lm.model) as hooks:
                 rec = hooks.record(blocks[first], inputs=True, outputs=False)
@@ -291,6 +310,18 @@ class _RangeReader:
             sums = torch.zeros(n, k.shape[1], dtype=torch.float64, device=k.device).index_add(0, rows.row_request, k)
             out.append(sums / torch.bincount(rows.row_request, minlength=n)[:, None])
         return torch.cat(out)
+
+    def off_site_moment(self, layer: int) -> torch.Tensor:
+        """(inter, inter) Σ k kᵀ of the keys at ``layer`` of every token of the rows but their edit sites (read
+        whole: ``whole=True``), float64."""
+        total = None
+        for b, (_, mask, _, _, rows) in enumerate(self.batches):
+            k = self._run(b, self.lm.layout.mlp_out[layer], outputs=False)  # (rows, width, inter)
+            keep = mask.bool().clone()
+            keep[torch.arange(len(rows.site)), rows.site] = False
+            k = k[keep.to(k.device)].to(torch.float64)
+            total = k.T @ k if total is None else total + k.T @ k
+        return total
 
     def residuals(self, layer: int) -> torch.Tensor:
         """(n, hidden) the output of block ``layer`` at the last subject token of each bare prompt."""

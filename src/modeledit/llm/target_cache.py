@@ -45,8 +45,10 @@ def cached_values(
     batch is done); (every request's values, how many were read from disk)."""
     root = cache_dir() / "targets" / lm.identity
     common = {"weights": lm.digest(), "codebooks": [repr(t) for t in lm.state()[1]], "layer": layer, "at": at,
-              "templates": list(templates), "kl_prompts": list(kl_prompts), "value": asdict(hp),
-              "precision": resolve_precision(hp.precision, lm.device), "device": lm.device.type}
+              "templates": list(templates), "kl_prompts": list(kl_prompts),
+              # the precision the loop ran in, resolved: "auto" and the precision it means here share their targets
+              "value": {**asdict(hp), "precision": "auto"}, "precision": resolve_precision(hp.precision, lm.device),
+              "device": lm.device.type}
     files = [root / f"{_key({**common, 'request': r.to_dict()})}.safetensors" for r in requests]
     out = [_read(f) for f in files]
     missing = [i for i, v in enumerate(out) if v is None]
