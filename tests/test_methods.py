@@ -296,13 +296,13 @@ def test_memit_reads_keys_and_residuals_as_a_full_pass_does(tiny_factory):
     """The spread's reader (rows cut after the subject, blocks below the range skipped) sees exactly what a
     full forward pass over the whole rows sees, also after an update inside the range is applied."""
     from modeledit.llm.hooks import Hooks
-    from modeledit.llm.memit import _RangeReader
+    from modeledit.llm.range_reader import RangeReader
     from modeledit.llm.rows import build_rows
 
     lm = tiny_factory("llama")
     templates = ["{}", "Some words before it. {}", "A longer sentence that comes first here. {}"]
     reqs = REQS + [Request("{} was written in", "Hamlet", " Latin")]
-    reader = _RangeReader(lm, 1, reqs, templates, batch=2)
+    reader = RangeReader(lm, 1, reqs, templates, batch=2)
     rows = build_rows(lm, reqs, templates, ())
     W = lm.model.get_parameter(lm.layout.weight_name(1))
     original = W.detach().clone()
@@ -410,7 +410,7 @@ def test_memit_passes_go_further_toward_the_targets(tiny_factory, tmp_path, monk
 def test_memit_own_tokens_weight_holds_the_batchs_other_tokens(tiny_factory, tmp_path, monkeypatch):
     """With ``own_tokens_weight`` the update moves the keys of the requests' other tokens (their prompts' and
     targets' tokens besides the edit site) far less than MEMIT's own update does; 0 is the paper's."""
-    from modeledit.llm.memit import _RangeReader
+    from modeledit.llm.range_reader import RangeReader
 
     monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path))
     lm = tiny_factory("llama")
@@ -421,7 +421,7 @@ def test_memit_own_tokens_weight_holds_the_batchs_other_tokens(tiny_factory, tmp
     first = plain.entries[0].info["layers"][0]
     name = lm.layout.weight_name(first)
     W = lm.model.get_parameter(name)
-    H = _RangeReader(lm, first, reqs, ("{}",), 64, whole=True).off_site_moment(first)  # Σ k kᵀ, unedited model
+    H = RangeReader(lm, first, reqs, ("{}",), 64, whole=True).off_site_moment(first)  # Σ k kᵀ, unedited model
     moved = lambda e: float(torch.trace(_as_out_in(lm, e.entries[0].deltas[name].materialize(W)) @ H  # noqa: E731
                                         @ _as_out_in(lm, e.entries[0].deltas[name].materialize(W)).T))
     assert moved(held) < 0.1 * moved(plain), (moved(held), moved(plain))  # 0.39 against 49.6 on this tiny model
