@@ -22,8 +22,9 @@ def _wins(lm, prompt, a, b):
 
 
 def test_demonstrations_follow_the_paper(tiny_factory, tmp_path, monkeypatch):
-    """k shared out 1 : 3 : 4 over copy, update and retain (none of the edited fact itself), ordered by
-    similarity with the most similar last; the ablation drops the retain kind."""
+    """k shared out 1 : 3 : 4 over copy, update and retain (none of the edited fact's pool record), ordered
+    by similarity with the most similar last, then the edited fact's own copy demonstration (the paper's
+    code appends it); the ablation drops the retain kind."""
     monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))
     lm = tiny_factory("llama")
     pool = small_pool(tmp_path / "pool.json")
@@ -32,7 +33,10 @@ def test_demonstrations_follow_the_paper(tiny_factory, tmp_path, monkeypatch):
     assert get_method("ike", pool=pool, k=8, retain=False).counts() == {"copy": 2, "update": 6, "retain": 0}
     own = Request("{} is located in the city of", "Big Ben", " Berlin", " London")  # a fact of the pool
     e = m.edit(lm, own)
-    demos = e.entries[0].demonstrations[0]
+    *demos, last = e.entries[0].demonstrations[0]
+    assert last == "New Fact: Big Ben is located in the city of Berlin\nPrompt: Big Ben is located in the city of Berlin\n\n"
+    assert e.entries[0].info["demonstrations_kept"] == 9
+    assert get_method("ike", pool=pool, k=8, own_fact=False).edit(lm, own).entries[0].demonstrations[0] == demos
     assert len(demos) == 8 and all(d.startswith("New Fact: ") and d.endswith("\n\n") for d in demos)
     assert not any("Big Ben" in d for d in demos), "the edited fact's own pool record must not be shown"
     kinds = [("In other words" in d) for d in demos]
@@ -41,7 +45,7 @@ def test_demonstrations_follow_the_paper(tiny_factory, tmp_path, monkeypatch):
     q = emb(["New Fact: Big Ben is located in the city of Berlin\nPrompt: Big Ben is located in the city of"])[0]
     sims = (emb(demos) @ q).tolist()
     assert all(a <= b + 1e-4 for a, b in zip(sims, sims[1:])), "most similar last, nearest the query"
-    ablated = get_method("ike", pool=pool, k=8, retain=False).edit(lm, own).entries[0].demonstrations[0]
+    ablated = get_method("ike", pool=pool, k=8, retain=False, own_fact=False).edit(lm, own).entries[0].demonstrations[0]
     neighbours = [json.loads((tmp_path / "pool.json").read_text())[i]["locality_prompt"] for i in range(6)]
     assert len(ablated) == 8 and sum("In other words" in d for d in ablated) == 6
     assert not any(n in d for n in neighbours for d in ablated)

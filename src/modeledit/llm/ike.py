@@ -11,8 +11,9 @@ The new fact and k demonstrations go into the context. Each demonstration shows 
 For each edited fact, the demonstrations of each kind most similar to the query ``New Fact: <fact>
 <new>\\nPrompt: <fact>`` (all-MiniLM-L6-v2 embeddings, the pool's computed once and cached) are taken in the
 paper's ratio copy : update : retain = 1 : 3 : 4, k = 32 in all, and ordered by similarity with the most
-similar last, nearest the query. ``retain=False`` is the paper's ablation (specificity collapses without
-them). Pool records about the edited fact itself are never shown. When the model's context cannot hold k
+similar last, nearest the query; then, as the paper's code (and EasyEdit) do, the edited fact's own copy
+demonstration (``own_fact``; counted beyond k). ``retain=False`` is the paper's ablation (specificity
+collapses without them). Pool records about the edited fact itself are never shown. When the model's context cannot hold k
 demonstrations, the least similar are dropped and the edit's report says how many were kept.
 """
 
@@ -45,6 +46,7 @@ class IKEHyperParams:
     ratio: tuple[int, int, int] = (1, 3, 4)  # copy : update : retain
     retain: bool = True  # False: the paper's ablation without retain demonstrations
     pool: str | None = None  # a CounterFact file; None: counterfact-train.json in $MODELEDIT_DATA or ../shared/data
+    own_fact: bool = True  # the edited fact's own copy demonstration last (the paper's code appends it beyond k)
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -151,22 +153,24 @@ class IKE(LLMMethod):
                 if not want:
                     continue
                 sim = pool.emb[kind] @ q[i]
-                own = [j for j, f in enumerate(pool.facts[kind]) if f == (r.prompt, r.subject)]
-                if own:
-                    sim[own] = -float("inf")  # never show the edited fact itself
+                same = [j for j, f in enumerate(pool.facts[kind]) if f == (r.prompt, r.subject)]
+                if same:
+                    sim[same] = -float("inf")  # never show the edited fact's pool record
                 top = torch.topk(sim, want)
                 picked += [(float(s), pool.texts[kind][j]) for s, j in zip(top.values, top.indices.tolist())]
             ordered = [t for _, t in sorted(picked, key=lambda x: x[0])]  # most similar last, nearest the query
-            fitted = _fit(lm, r.to_dict(), ordered, limit)
+            own = demonstration(fact_sentence(r.to_dict()), r.text, r.target) if self.hparams.own_fact else None
+            fitted = _fit(lm, r.to_dict(), ordered, limit, own)
             demos.append(fitted)
             kept.append(len(fitted))
             if progress:
                 progress(i + 1, len(requests))
-        if min(kept) < self.hparams.k:
-            log.warning("the model's context (%d tokens) holds only %d of the %d demonstrations", limit, min(kept), self.hparams.k)
+        wanted = self.hparams.k + self.hparams.own_fact
+        if min(kept) < wanted:
+            log.warning("the model's context (%d tokens) holds only %d of the %d demonstrations", limit, min(kept), wanted)
         info = {
             "n_requests": len(requests),
-            "demonstrations": self.hparams.k,
+            "demonstrations": wanted,
             "demonstrations_kept": min(kept),
             "per_kind": counts,
             "context_limit_tokens": limit,
@@ -182,10 +186,11 @@ def _context_limit(lm: LanguageModel) -> int:
     return int(n) if isinstance(n, int) and n > 0 else 2048
 
 
-def _fit(lm: LanguageModel, request: dict, demos: Sequence[str], limit: int) -> list[str]:
-    """The most similar demonstrations (the last ones) that fit in the context with room for a query."""
+def _fit(lm: LanguageModel, request: dict, demos: Sequence[str], limit: int, own: str | None = None) -> list[str]:
+    """The most similar demonstrations (the last ones) that fit in the context with room for a query, and
+    the fact's own demonstration (``own``) after them."""
     tok = lambda s: len(lm.tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    room = limit - QUERY_ROOM - tok(fact_context(request, []))
+    room = limit - QUERY_ROOM - tok(fact_context(request, [])) - (tok(own) if own else 0)
     if room < 0 or (demos and tok(demos[-1]) > room):
         raise RequestError("k", f"the model's context ({limit} tokens) cannot hold even one demonstration with the fact "
                                 "and a prompt: use a model with a longer context")
@@ -195,4 +200,4 @@ def _fit(lm: LanguageModel, request: dict, demos: Sequence[str], limit: int) -> 
         if room < 0:
             break
         kept.insert(0, d)
-    return kept
+    return kept + ([own] if own else [])
