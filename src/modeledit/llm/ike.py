@@ -13,8 +13,9 @@ For each edited fact, the demonstrations of each kind most similar to the query 
 paper's ratio copy : update : retain = 1 : 3 : 4, k = 32 in all, and ordered by similarity with the most
 similar last, nearest the query; then, as the paper's code (and EasyEdit) do, the edited fact's own copy
 demonstration (``own_fact``; counted beyond k). ``retain=False`` is the paper's ablation (specificity
-collapses without them). Pool records about the edited fact itself are never shown. When the model's context cannot hold k
-demonstrations, the least similar are dropped and the edit's report says how many were kept.
+collapses without them). Pool records about the edited fact itself are never shown. When the model's
+context cannot hold k demonstrations, the least similar are dropped and the edit's report says how many
+were kept.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class IKE(LLMMethod):
             kept.append(len(fitted))
             if progress:
                 progress(i + 1, len(requests))
-        wanted = self.hparams.k + self.hparams.own_fact
+        wanted = self.hparams.k + int(self.hparams.own_fact)
         if min(kept) < wanted:
             log.warning("the model's context (%d tokens) holds only %d of the %d demonstrations", limit, min(kept), wanted)
         info = {
