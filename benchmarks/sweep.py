@@ -6,7 +6,9 @@ Prints the best layer at the last subject token (by mean S) beside the causal-tr
 stored for the model (``modeledit trace-many --set-layer``), the heatmaps' path, and the 100-case table;
 checks the issue's targets (SmolLM2: ES ≥ 98, NS drop ≤ 5; Gemma-3: ES ≥ 95, NS drop ≤ 10). Resumable.
 
-    python benchmarks/sweep.py [--model smollm2-135m|gemma3-270m] [--cases 50] [--layers 0,2,4,...]
+    python benchmarks/sweep.py [--model smollm2-135m|gemma3-270m] [--cases 50] [--layers 0,2,4,...] [--set name=value ...]
+
+The partial sweeps in docs/bench were begun with the paper's update: resume them with --set prompt_key=false.
 """
 
 from __future__ import annotations
@@ -31,19 +33,23 @@ def main() -> None:
     ap.add_argument("--eval-cases", type=int, default=100)
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default=None, help="default: runs/sweep-<model>")
+    ap.add_argument("--set", action="append", default=[], help="a ROME hyper-parameter, name=value (repeatable)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data = data_dir(args.data, "counterfact-val.json") / "counterfact-val.json"
     out = Path(args.out or f"runs/sweep-{args.model}")
     lm = me.load_model(args.model)
     from modeledit.llm.layer_choice import chosen_layer
-    from modeledit.llm.rome import default_layer
+    from modeledit.llm.method import parse_settings
+    from modeledit.llm.rome import ROMEHyperParams, default_layer
+
+    hp = parse_settings(ROMEHyperParams, args.set)
 
     default, why = default_layer(lm)
     stored = chosen_layer(lm)
     layers = [int(x) for x in args.layers.split(",") if x.strip()] or None
     t0 = time.perf_counter()
-    result = me.sweep(lm, data, out / "sweep", limit=args.cases, layers=layers)
+    result = me.sweep(lm, data, out / "sweep", limit=args.cases, layers=layers, **hp)
     sweep_s = time.perf_counter() - t0
     best = result["best_last_subject"]
     print(f"sweep of {result['n_cases']} cases × {len(result['layers'])} layers × {len(result['tokens'])} positions: {sweep_s / 60:.0f} min; "
@@ -55,7 +61,7 @@ def main() -> None:
         if name == "sweep" and layer == default:
             rows[name] = rows["default"]
             continue
-        s = me.evaluate(lm, data, out / f"rome-layer{layer}", method=me.get_method("rome", layer=layer), limit=args.eval_cases)
+        s = me.evaluate(lm, data, out / f"rome-layer{layer}", method=me.get_method("rome", **{**hp, "layer": layer}), limit=args.eval_cases)
         rows[name] = {"layer": layer, "pre": s["pre"], "post": s["post"], "cost": s["cost"]}
     print(f"\nROME on the first {args.eval_cases} cases: layer, ES, PS, NS (unedited NS {rows['default']['pre']['neighborhood_score']:.1f}), S")
     for name, r in rows.items():

@@ -137,3 +137,10 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating(tiny_factory, da
     assert evaluate(lm, data / "counterfact-val.json", out, limit=4, **fast)["n"] == 4
     with pytest.raises(ModelEditError, match="another configuration"):
         evaluate(lm, data / "counterfact-val.json", out, limit=4, **{**fast, "token": "last"})
+    # a setting whose default is a new behaviour (ROME's prompt_key: the paper's update before it) resumes
+    # such a run only at the old behaviour
+    del run["hparams"]["prompt_key"]
+    (out / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ModelEditError, match="another configuration"):
+        evaluate(lm, data / "counterfact-val.json", out, limit=4, **fast)
+    assert evaluate(lm, data / "counterfact-val.json", out, limit=4, **{**fast, "prompt_key": False})["n"] == 4

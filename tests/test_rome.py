@@ -31,8 +31,31 @@ def test_rank_one_update_writes_the_association_exactly():
     x = torch.randn(10, dtype=torch.float64)
     x = x - (x @ u) / (u @ u) * u
     assert torch.allclose(W2 @ x, W @ x, atol=1e-10)
-    assert torch.allclose(u, torch.linalg.solve(C, k))
+    s = torch.linalg.solve(C, k)
+    assert torch.allclose(u, s / (s @ k))
+    b = torch.randn(6, dtype=torch.float64)  # a projection with a bias (GPT-2's c_proj): v* is its output
+    r, u = rank_one_update(W, C, k, v, bias=b)
+    assert torch.allclose((W + torch.outer(r, u)) @ k + b, v, atol=1e-10)
 
+
+
+def test_prompt_key_update_gives_both_keys_the_whole_change():
+    """prompt_key: ΔW = δ uᵀ with uᵀk* = uᵀk_prompt = 1 — both keys get exactly δ, and among such
+    updates it is the least in C (any other u satisfying both costs more); parallel keys: the paper's."""
+    torch.manual_seed(1)
+    W = torch.randn(6, 10, dtype=torch.float64)
+    A = torch.randn(10, 10, dtype=torch.float64)
+    C = A @ A.T + 0.1 * torch.eye(10, dtype=torch.float64)
+    k, kp, d = torch.randn(10, dtype=torch.float64), torch.randn(10, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    r, u = rank_one_update(W, C, k, W @ kp + d, k_prompt=kp, delta=d)
+    dW = torch.outer(r, u)
+    assert torch.allclose(dW @ k, d, atol=1e-10) and torch.allclose(dW @ kp, d, atol=1e-10)
+    z = torch.linalg.svd(torch.stack([k, kp]))[2][2]  # a direction both keys are blind to
+    worse = u + 0.1 * z
+    assert torch.allclose(worse @ k, torch.tensor(1.0, dtype=torch.float64)) and worse @ C @ worse > u @ C @ u
+    _, u1 = rank_one_update(W, C, k, W @ kp + d, k_prompt=2 * k, delta=d)  # parallel: the paper's direction
+    _, u0 = rank_one_update(W, C, k, W @ kp + d)
+    assert torch.equal(u1, u0)
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_suffix_only_steps_reproduce_the_full_forward(tiny_factory, family):
@@ -68,17 +91,27 @@ def test_rome_edits_every_family_and_leaves_the_weights_alone(tiny_factory, fami
     assert info["per_request"]["target_prob_after"][0] == pytest.approx(p1.mean_prob, rel=1e-5)
 
 
-def test_the_update_maps_the_averaged_key_to_the_new_value(tiny_factory):
-    """R-ROME's fix: W' k* = v* with k* the key averaged over the context templates."""
-    lm = tiny_factory("llama")
-    method = ROME(layer=2, **FAST)
-    rows = build_rows(lm, REQ, context_templates(lm, method.hparams.context_spec))
-    (res,) = optimise_values(lm, 2, rows, method.hparams.value)
-    patch = method.edit(lm, REQ)
-    name = lm.layout.weight_name(2)
-    with patch.applied(lm.model):
-        W2 = lm.model.get_parameter(name).detach().double()
-    assert torch.allclose(W2 @ res.k_star.double(), (res.v0 + res.delta).double(), atol=1e-4)
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # gpt2: a weight stored transposed, and a bias
+def test_the_update_writes_the_new_value_at_the_keys(tiny_factory, family):
+    """The paper's update with R-ROME's fix (prompt_key=False): W' k* + b = v*, k* the key averaged over
+    the context templates. Ours (the default): the averaged key and the prompt's own both get exactly δ."""
+    lm = tiny_factory(family)
+    proj = lm.model.get_submodule(lm.layout.mlp_out[2])
+    for pk in (False, True):
+        method = ROME(layer=2, prompt_key=pk, **FAST)
+        rows = build_rows(lm, REQ, context_templates(lm, method.hparams.context_spec))
+        (res,) = optimise_values(lm, 2, rows, method.hparams.value)
+        patch = method.edit(lm, REQ)
+        with torch.no_grad():
+            keys = torch.stack([res.k_star, res.k_prompt])
+            before = proj(keys)
+            with patch.applied(lm.model):
+                after = proj(keys)
+        if pk:
+            assert torch.allclose(after - before, res.delta.expand(2, -1), atol=1e-4)
+        else:
+            assert torch.allclose(after[0], res.v0 + res.delta, atol=1e-4)
+            assert not torch.allclose(after[1] - before[1], res.delta, atol=1e-3)  # the prompt's key: only a share
 
 
 def test_a_nan_during_optimisation_fails_clearly_and_keeps_the_weights(tiny_factory):

@@ -36,7 +36,7 @@ def test_rome_moves_the_eiffel_tower_and_keeps_the_louvre(smollm2):
     patch = edit(smollm2, REQ, **FAST)
     from modeledit.llm.rome import default_layer
 
-    assert patch.entries[0].info["layer"] == default_layer(smollm2)[0]  # 10 (17/48 of 30) unless traced
+    assert patch.entries[0].info["layer"] == default_layer(smollm2)[0]  # 5 (its edit sweep's) unless traced
     assert same_state(smollm2.model, before)
     pairs = [
         (REQ.text, " Rome"), (REQ.text, " Paris"),
@@ -59,10 +59,12 @@ def test_rome_moves_the_eiffel_tower_and_keeps_the_louvre(smollm2):
 
 
 def test_the_guard_keeps_the_subjects_the_update_reaches_from_taking_the_new_target(smollm2):
-    """Plain ROME's Eiffel Tower → Rome makes other landmarks say Rome too (log p rises by nats); with
-    guard_subjects the value optimisation sees the update's share at those subjects and holds them."""
+    """Plain ROME's Eiffel Tower → Rome at layer 10 (the paper's depth; at 5, SmolLM2's default, the spill is
+    a third as large) makes other landmarks say Rome too (log p rises by nats); with guard_subjects the
+    value optimisation sees the update's share at those subjects and holds them."""
     from modeledit.llm.request import fill
 
+    FAST = dict(globals()["FAST"], layer=10)
     guarded = edit(smollm2, REQ, guard_subjects=8, **FAST)
     subjects = list(guarded.entries[0].info["guarded"])
     assert len(subjects) == 8 and all("Eiffel" not in s for s in subjects)
@@ -83,15 +85,20 @@ def test_the_guard_keeps_the_subjects_the_update_reaches_from_taking_the_new_tar
     assert mean["guarded"] < 0.25 * mean["plain"] and max(rises["guarded"]) < 1.0, rises
 
 
-def test_a_subject_first_prompt_is_reached_weakly_and_the_reason_says_so(smollm2):
-    """SmolLM2 adds no BOS: "Big Ben ..." puts "Big" at position 0 while every context row has " Big";
-    the update written at the averaged key reaches the prompt's own key by a fifth, and the outcome says it."""
+def test_a_subject_first_prompt_is_reached_whole_by_the_prompt_key(smollm2):
+    """SmolLM2 adds no BOS: "Big Ben ..." puts "Big" at position 0 while every context row has " Big". The
+    paper's update, written at the averaged key, reaches the prompt's own key by a fifth: the edit does not
+    take and the outcome says why. Ours (prompt_key, the default) reaches it whole, and the edit takes."""
     from modeledit.llm.outcome import not_taken
 
-    patch = edit(smollm2, Request("{} is located in the city of", "Big Ben", " Rome", " London"), steps=1, **FAST)
-    assert patch.entries[0].info["key_reach"] < 0.5
-    ((_, why),) = not_taken(patch)
+    req = Request("{} is located in the city of", "Big Ben", " Rome", " London")
+    paper = edit(smollm2, req, prompt_key=False, **FAST)
+    assert paper.entries[0].info["key_reach"] < 0.5
+    ((_, why),) = not_taken(paper)
     assert "own key at 0." in why
+    ours = edit(smollm2, req, **FAST)
+    assert ours.entries[0].info["key_reach"] == pytest.approx(1.0, abs=1e-3) and not not_taken(ours)
+    assert ours.entries[0].info["per_request"]["target_prob_after"][0] > 0.5
 
 
 def test_an_edit_that_cannot_take_in_one_step_says_so(smollm2, tmp_path):
@@ -120,7 +127,7 @@ def test_cli_edit_save_show_apply_revert_round_trip(smollm2, tmp_path):
     r = runner.invoke(app, ["edit", "--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower",
                             "--target", " Rome", "--target-true", " Paris", "--stats-tokens", "20000", "--save", str(p)])
     assert r.exit_code == 0, r.output
-    assert "Rome" in r.output and "layer 10" in r.output and p.exists()
+    assert "Rome" in r.output and "layer 5" in r.output and p.exists()
     r = runner.invoke(app, ["patch", "show", str(p)])
     assert r.exit_code == 0 and '"method": "rome"' in r.output and "down_proj" in r.output
     edited = tmp_path / "edited"

@@ -138,7 +138,9 @@ def test_trace_many_resumes_aggregates_and_sets_rome_s_layer(smollm2, data, tmp_
     from modeledit.llm.rome import ROME, default_layer
 
     monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path / "cache"))  # layer choices land here
-    assert default_layer(smollm2) == (10, "default: the paper's relative depth 17/48 of 30 layers")
+    from modeledit.llm.packaged import PACKAGED
+
+    assert default_layer(smollm2) == PACKAGED["smollm2-135m"].edit_layer and default_layer(smollm2)[0] == 5  # its sweep's
     out = tmp_path / "many"
     cfg = dict(samples=3)
     first = trace_facts(smollm2, data / "known_1000.json", out, limit=1, **cfg)

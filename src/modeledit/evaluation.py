@@ -25,7 +25,7 @@ from contextlib import closing
 from typing import Any, Callable, Iterator, Sequence
 
 from modeledit.errors import EditFailedError
-from modeledit.report import CaseLog, cost_summary, reset_peak_rss, start_run, write_json
+from modeledit.report import CaseLog, cost_summary, reset_peak_rss, settings_before, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ def run_evaluation(
     run = {"benchmark": bench.name, "benchmark_config": bench.config(), "method": method.name, "model": lm.name,
            "model_identity": lm.identity, "hparams": {k: v for k, v in hparams.items() if k not in speed_only},
            "batch_size": batch_size}
-    defaults = asdict(type(method.hparams)()) if is_dataclass(method.hparams) else {}
-    out = start_run(out_dir, run, {"hparams": defaults})
+    out = start_run(out_dir, run, {"hparams": settings_before(method.hparams)})
     reset_peak_rss()
 
     caselog = CaseLog(out / "cases.jsonl")

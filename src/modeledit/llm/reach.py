@@ -24,19 +24,35 @@ from modeledit.llm.model import LanguageModel
 from modeledit.llm.tokens import pad_right
 
 
-def directions(C: torch.Tensor | None, k_star: torch.Tensor) -> torch.Tensor:
-    """(n, d) float64: for each key k* (rows of ``k_star``, or one (d,)), u = C⁻¹k* (C None: k*) scaled so
-    that uᵀk* = 1 — the reach of any key k is then uᵀk. One solve for all."""
-    ks = k_star.to(torch.float64).reshape(-1, k_star.shape[-1])
-    U = ks if C is None else torch.linalg.solve(C.to(ks.device, torch.float64), ks.T).T
-    return U / (U * ks).sum(1, keepdim=True)
+def directions(C: torch.Tensor | None, k_star: torch.Tensor, k_prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, d) float64: for each key k* (rows of ``k_star``, or one (d,)), the direction u of the rank-one
+    update, scaled so that uᵀk* = 1 — the reach of any key k is then uᵀk. The paper's: u ∝ C⁻¹k* (C None:
+    k*). With ``k_prompt`` (ROME's ``prompt_key``, one per k*): the least u in C with uᵀk* = uᵀk_prompt = 1,
+    so that the prompt's own key is reached whole too; the paper's where the two keys are parallel (their
+    cosine in C⁻¹ within 1e-6 of 1: one constraint). One solve for all."""
+    d = k_star.shape[-1]
+    ks = k_star.to(torch.float64).reshape(-1, d)
+    Cd = None if C is None else C.to(ks.device, torch.float64)
+    solve = (lambda K: K) if Cd is None else (lambda K: torch.linalg.solve(Cd, K.T).T)  # noqa: E731
+    S = solve(ks)
+    g11 = (S * ks).sum(1, keepdim=True)
+    U = S / g11
+    if k_prompt is not None:
+        kp = k_prompt.to(ks.device, torch.float64).reshape(-1, d)
+        P = solve(kp)
+        g12, g22 = (S * kp).sum(1, keepdim=True), (P * kp).sum(1, keepdim=True)
+        det = g11 * g22 - g12**2
+        apart = (g12**2 / (g11 * g22) < 1 - 1e-6)[:, 0]
+        two = ((g22 - g12) * S + (g11 - g12) * P) / det  # G⁻¹(1, 1) in the basis C⁻¹k*, C⁻¹k_prompt
+        U = torch.where(apart[:, None], two, U)
+    return U
 
 
-def reach(C: torch.Tensor | None, k_star: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
-    """uᵀk / uᵀk* with u = C⁻¹k* (C None: u = k*) for each row k of ``keys`` (m, d): against one key
-    ``k_star`` (d,), or against ``k_star[owner[i]]`` for row i when ``k_star`` is (n, d). Float32, on
-    ``keys``' device."""
-    U = directions(C, k_star)
+def reach(C: torch.Tensor | None, k_star: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor | None = None,
+          k_prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """uᵀk / uᵀk* (``directions``' u) for each row k of ``keys`` (m, d): against one key ``k_star`` (d,), or
+    against ``k_star[owner[i]]`` for row i when ``k_star`` is (n, d). Float32, on ``keys``' device."""
+    U = directions(C, k_star, k_prompt)
     own = torch.zeros(len(keys), dtype=torch.long, device=U.device) if owner is None else owner.to(U.device)
     return (keys.to(U.device, torch.float64) * U[own]).sum(1).to(keys.device, torch.float32)
 

@@ -10,12 +10,18 @@ and writes the association with the least disturbance to other keys, measured by
 The reference code uses the key of the bare prompt in ``W k*`` and in the denominator while C⁻¹k* uses the
 averaged key; that mismatch causes "disabling edits" and collapse under sequential editing (R-ROME,
 Gupta et al. 2024). Here the averaged key is used in all three places, so W' k* = v* holds exactly.
+
+Ours, on by default (``prompt_key``; ``prompt_key=False`` is the paper's): the value optimisation adds the
+same δ at every context row, but the update written at the averaged key reaches a prompt that starts with
+its subject weakly — read without a leading space and, where the model adds no BOS token, at position 0,
+its key is unlike every context's (SmolLM2: 0.18–0.41 of the change, and the edit does not take). So the
+update is ΔW = δ uᵀ with u the least in C that reaches both the averaged key and the prompt's own whole.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -26,8 +32,9 @@ from modeledit.llm.layer_choice import chosen_layer
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.method import LLMMethod, as_requests, check_layers
 from modeledit.llm.outcome import record_outcomes
+from modeledit.llm.packaged import PACKAGED
 from modeledit.llm.precision import resolve_precision
-from modeledit.llm.reach import guard_count, most_reached
+from modeledit.llm.reach import directions, guard_count, most_reached
 from modeledit.llm.request import Request
 from modeledit.llm.stats import second_moments
 from modeledit.llm.tokens import TOKEN_CLASSES
@@ -44,11 +51,15 @@ DEFAULT_DEPTH = 17 / 48
 
 
 def default_layer(lm: LanguageModel) -> tuple[int, str]:
-    """The layer chosen for this model by causal tracing (``modeledit trace-many --set-layer``), else the
-    paper's relative depth (17/48 of the way up, e.g. 10 of SmolLM2's 30); and why."""
+    """The layer stored for this model's weights (``modeledit trace-many|sweep --set-layer``), else the one
+    measured for a packaged model (its edit sweep), else the paper's relative depth (17/48 of the way up,
+    e.g. 6 of Gemma-3's 18); and why."""
     choice = chosen_layer(lm)
     if choice is not None:
         return choice["layer"], choice["reason"]
+    packaged = PACKAGED.get(lm.name)
+    if packaged is not None and packaged.edit_layer is not None:
+        return packaged.edit_layer
     n = lm.layout.n_layers
     return min(n - 1, int(DEFAULT_DEPTH * n)), f"default: the paper's relative depth 17/48 of {n} layers"
 
@@ -68,6 +79,8 @@ class ROMEHyperParams(MemoryEditHyperParams):
     guard_subjects: int | None = None
     guard_factor: float = 1.0  # weight of their KL and of their rise in log p(new target)
     guard_pool: int = 2000  # pool size (article titles of the embedded corpus)
+    # ours (module docstring): the prompt's own key gets all of δ too; False: the paper's (and runs before it)
+    prompt_key: bool = field(default=True, metadata={"before": False})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,22 +95,25 @@ class ROMEHyperParams(MemoryEditHyperParams):
 
 
 def rank_one_update(
-    W: torch.Tensor, C: torch.Tensor | None, k_star: torch.Tensor, v_star: torch.Tensor
+    W: torch.Tensor, C: torch.Tensor | None, k_star: torch.Tensor, v_star: torch.Tensor, *,
+    bias: torch.Tensor | None = None, k_prompt: torch.Tensor | None = None, delta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r, u) with ΔW = r uᵀ for W of shape (out, in): u = C⁻¹k*, r = (v* − W k*) / (uᵀ k*). In float64."""
+    """(r, u) with ΔW = r uᵀ for W of shape (out, in), in float64, u scaled so that uᵀk* = 1 (``reach.directions``).
+    The paper's: u ∝ C⁻¹k*, r = v* − (W k* + b) — the projection's ``bias`` b is in the value v* too (the
+    reference subtracts the module's output; leaving b out would add it again at every key the update
+    reaches). With ``k_prompt`` and ``delta`` (ours, ``prompt_key``): u reaches the prompt's own key whole
+    as well, and r = δ — the change the value optimisation added at every row, now written at each."""
     k = k_star.to(W.device, torch.float64)  # on the edited layer's device (device maps spread layers)
-    if C is None:
-        u = k.clone()
+    try:
+        u = directions(C, k, k_prompt)[0]
+    except RuntimeError as exc:
+        raise EditFailedError("the key statistics C are singular; collect them over more tokens (stats_tokens)") from exc
+    if delta is not None:
+        r = delta.to(W.device, torch.float64)
     else:
-        try:
-            u = torch.linalg.solve(C.to(W.device, torch.float64), k)
-        except RuntimeError as exc:
-            raise EditFailedError(
-                "the key statistics C are singular; collect them over more tokens (stats_tokens)"
-            ) from exc
-    denom = u @ k
-    r = (v_star.to(W.device, torch.float64) - W.to(torch.float64) @ k) / denom
-    if not (torch.isfinite(u).all() and torch.isfinite(r).all()) or denom.abs() < 1e-12:
+        out = W.to(torch.float64) @ k + (0 if bias is None else bias.to(W.device, torch.float64))
+        r = v_star.to(W.device, torch.float64) - out
+    if not (torch.isfinite(u).all() and torch.isfinite(r).all()):
         raise EditFailedError("the rank-one update is not finite (C ill-conditioned?); collect statistics over more tokens")
     return r, u
 
@@ -148,7 +164,8 @@ class ROME(LLMMethod):
         guards = most_reached(lm, layer, C, [r.subject for r in requests], n_guards, hp.guard_pool) if n_guards else ()
         value_hp = replace(hp.value, guard_factor=hp.guard_factor)
         results = compute_values(
-            lm, layer, requests, templates, (hp.kl_prompt,), value_hp, token=hp.token, guards=guards, C=C, progress=progress
+            lm, layer, requests, templates, (hp.kl_prompt,), value_hp, token=hp.token, guards=guards, C=C,
+            prompt_key=hp.prompt_key, progress=progress
         )
         weight_name = lm.layout.weight_name(layer)
         W = lm.model.get_parameter(weight_name).detach()
@@ -161,7 +178,9 @@ class ROME(LLMMethod):
     def _patch(self, lm: LanguageModel, layer: int, weight_name: str, W_math, C, request: Request, res, guards: list[str]) -> Patch:
         hp = self.hparams
         v_star = res.v0 + res.delta
-        r, u = rank_one_update(W_math, C, res.k_star, v_star)
+        bias = getattr(lm.model.get_submodule(lm.layout.mlp_out[layer]), "bias", None)
+        two = dict(k_prompt=res.k_prompt, delta=res.delta) if hp.prompt_key else {}
+        r, u = rank_one_update(W_math, C, res.k_star, v_star, bias=bias, **two)
         r, u = r.to(torch.float32)[:, None], u.to(torch.float32)[:, None]
         delta = Delta(left=u, right=r) if lm.layout.mlp_out_transposed else Delta(left=r, right=u)
         info = {

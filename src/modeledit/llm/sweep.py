@@ -26,7 +26,7 @@ from modeledit.llm.method import check_layers
 from modeledit.llm.model import LanguageModel
 from modeledit.llm.rows import build_rows
 from modeledit.llm.tokens import TOKEN_CLASSES
-from modeledit.report import CaseLog, harmonic_mean, mean, start_run, write_json
+from modeledit.report import CaseLog, harmonic_mean, mean, settings_before, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run_sweep(
     run = {"protocol": "sweep", "method": method, "model": lm.name, "model_identity": lm.identity, "data": str(data),
            "hparams": {k: v for k, v in asdict(base.hparams).items() if k not in ("layer", "token")},
            "layers": layers, "tokens": list(tokens), "cases": [c.case_id for c in cases]}
-    out = start_run(out_dir, run)
+    out = start_run(out_dir, run, {"hparams": settings_before(base.hparams)})
     if getattr(base.hparams, "mom2_adjustment", False):  # every layer's statistics in one pass over the corpus
         from modeledit.llm.stats import second_moments
 

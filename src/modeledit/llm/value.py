@@ -63,11 +63,13 @@ def _at(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor
 
 
 def optimise_values(
-    lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperParams, at: str = "mlp_out", C: torch.Tensor | None = None
+    lm: LanguageModel, layer: int, rows: Rows, hp: ValueHyperParams, at: str = "mlp_out", C: torch.Tensor | None = None,
+    prompt_key: bool = False,
 ) -> list[ValueResult]:
     """δ for every request of ``rows``, added at ``at`` = "mlp_out" (the MLP output projection, ROME) or
     "block" (the block's output, MEMIT) of ``layer``. Guard rows (``rows.is_guard``, "mlp_out" only) get
-    δ times the reach of their key (``reach.py``, with the key statistics ``C`` of the update)."""
+    δ times the reach of their key (``reach.py``, with the key statistics ``C`` of the update, and the
+    prompt's own key when the update is written at it too: ROME's ``prompt_key``)."""
     if rows.is_guard.any() and at != "mlp_out":
         raise ValueError("guard rows need the edit site 'mlp_out' (their reach is a rank-one update's)")
     t0 = time.perf_counter()
@@ -148,7 +150,8 @@ def optimise_values(
         g = rows.is_guard.nonzero()[:, 0]
         on_g = rec_proj.input[g.to(rec_proj.input.device)]  # (guards, S, intermediate)
         own = owner[g][:, None].expand(-1, on_g.shape[1]).reshape(-1)
-        share[g] = reach(C, k_star, on_g.reshape(-1, on_g.shape[-1]), own).to(dev).reshape(len(g), -1)
+        kp = k_prompt if prompt_key else None
+        share[g] = reach(C, k_star, on_g.reshape(-1, on_g.shape[-1]), own, kp).to(dev).reshape(len(g), -1)
         share[g] *= split.mask[g, split.prefix_ids.shape[1] :].float()  # not on padding
     if not (torch.isfinite(v0).all() and torch.isfinite(kl_init).all() and (k_star is None or torch.isfinite(k_star).all())):
         raise EditFailedError("the unedited model produces non-finite activations on this request; check the model's dtype")
@@ -264,6 +267,7 @@ def compute_values(
     token: str = "last_subject",
     guards: Sequence[Sequence[str]] = (),
     C: torch.Tensor | None = None,
+    prompt_key: bool = False,
     chunk: int = VALUE_CHUNK,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[ValueResult]:
@@ -272,14 +276,15 @@ def compute_values(
     rows have suffixes of about one length and little of each pass is padding (the requests are
     independent: the order changes no result); the results come back in the requests' order. ``token``:
     the edit site's token class (the last subject token; the sweep's others: ``tokens.TOKEN_CLASSES``);
-    ``guards[i]``: other subjects held in request i's prompt, with ``C`` the update's key statistics."""
+    ``guards[i]``: other subjects held in request i's prompt, with ``C`` the update's key statistics
+    (``prompt_key``: as ``optimise_values``)."""
     order = by_tail(lm, requests)
     out: list[ValueResult | None] = [None] * len(requests)
     done = 0
     for b in range(0, len(order), chunk):
         idx = order[b : b + chunk]
         rows = build_rows(lm, [requests[i] for i in idx], templates, kl_prompts, token, [guards[i] for i in idx] if guards else ())
-        for i, v in zip(idx, optimise_values(lm, layer, rows, hp, at, C)):
+        for i, v in zip(idx, optimise_values(lm, layer, rows, hp, at, C, prompt_key)):
             out[i] = v
         done += len(idx)
         if progress:
