@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from contextlib import closing
 from typing import Any, Callable, Iterator, Sequence
 
 from modeledit.errors import EditFailedError
-from modeledit.report import CaseLog, cost_summary, reset_peak_rss, settings_before, start_run, write_json
+from modeledit.report import CaseLog, cost_summary, reset_peak_rss, run_settings, settings_before, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,8 @@ def run_evaluation(
         from modeledit.errors import RequestError
 
         raise RequestError("batch_size", f"must be a positive integer, got {batch_size!r}")
-    hparams = asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
-    speed_only = {f.name for f in fields(method.hparams) if f.metadata.get("speed_only")} if is_dataclass(method.hparams) else set()
     run = {"benchmark": bench.name, "benchmark_config": bench.config(), "method": method.name, "model": lm.name,
-           "model_identity": lm.identity, "hparams": {k: v for k, v in hparams.items() if k not in speed_only},
+           "model_identity": lm.identity, "hparams": run_settings(method.hparams),
            "batch_size": batch_size}
     out = start_run(out_dir, run, {"hparams": settings_before(method.hparams)})
     reset_peak_rss()
@@ -94,7 +92,7 @@ def run_evaluation(
         "cost": {**cost_summary(r["seconds"] for r in records), "gradient_steps_mean": _mean_steps(records),
                  "score_seconds_per_case": _mean([r["score_seconds"] for r in records if "score_seconds" in r])},
         "benchmark_config": bench.config(),
-        "hparams": hparams,
+        "hparams": asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams),
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -67,6 +67,17 @@ class CaseLog:
         self.done.add(k)
 
 
+def run_settings(hparams: Any) -> dict[str, Any]:
+    """The hyper-parameters a run records and compares on resuming: all but those marked speed-only
+    (``metadata["speed_only"]``: they change how fast, not what, a method computes)."""
+    from dataclasses import asdict, fields, is_dataclass
+
+    if not is_dataclass(hparams):
+        return dict(hparams)
+    fast = {f.name for f in fields(hparams) if f.metadata.get("speed_only")}
+    return {k: v for k, v in asdict(hparams).items() if k not in fast}
+
+
 def settings_before(hparams: Any) -> dict[str, Any]:
     """For a hyper-parameter dataclass (or instance): what a run made before each field existed did — the
     field's default, or its ``metadata["before"]`` where the default is a new behaviour (``start_run``)."""

@@ -19,12 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from modeledit.errors import RequestError
-from modeledit.report import CaseLog, start_run, write_json
+from modeledit.report import CaseLog, run_settings, settings_before, start_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +60,10 @@ def run_sequential(
     from modeledit.api import load_edit
 
     cps = check_plan(len(cases), batch_size, checkpoints)
-    hparams = asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
-    speed_only = {f.name for f in fields(method.hparams) if f.metadata.get("speed_only")} if is_dataclass(method.hparams) else set()
     run = {"protocol": "sequential", "benchmark": bench.name, "benchmark_config": bench.config(), "method": method.name,
-           "model": lm.name, "model_identity": lm.identity, "hparams": {k: v for k, v in hparams.items() if k not in speed_only},
+           "model": lm.name, "model_identity": lm.identity, "hparams": run_settings(method.hparams),
            "batch_size": batch_size, "checkpoints": cps, "cases": [c.case_id for c in cases]}
-    out = start_run(out_dir, run)
+    out = start_run(out_dir, run, {"hparams": settings_before(method.hparams)})
     method.prepare(lm)
     pre_log = CaseLog(out / "pre.jsonl")
     for c in cases:  # the unedited model's scores, once
