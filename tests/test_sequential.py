@@ -104,3 +104,29 @@ def test_compare_sequential_draws_the_methods_in_one_plot(data, tokenizer, tmp_p
     assert len(calls) == 4 + 4 + 4
     pre = [(tmp_path / "cmp" / m / "pre.jsonl").read_text() for m in ("memit", "alphaedit")]
     assert pre[0] == pre[1]
+
+
+def test_known_facts_that_the_edits_change_are_not_counted_as_kept(data, monkeypatch):
+    """known_1000 and CounterFact share facts: an edited fact answered the new way is not a known fact lost."""
+    from modeledit.llm import ability as ab
+    from modeledit.llm.bench.counterfact import CounterFact
+    from modeledit.llm.trace_many import load_known
+
+    known = load_known(data / "known_1000.json")
+    bench = CounterFact()
+    edited = [r for c in bench.load(data / "counterfact-train.json", 1000) for r in bench.requests(c)]
+    changed = ab.edited_facts(known, edited)
+    by_prompt = {f.prompt: f.known_id for f in known}
+    # Galatasaray University: located in Istanbul, edited to Slovakia; Tim Tebow's position is another fact
+    # than the sport he plays (edited), so it stays counted
+    assert by_prompt["The location of Galatasaray University is in the heart of"] in changed
+    assert by_prompt["Tim Tebow plays in the position of"] not in changed
+    assert len(changed) == 45
+
+    facts = [f for f in known if f.known_id not in changed][:40] + [f for f in known if f.known_id in changed][:2]
+    monkeypatch.setattr("modeledit.llm.trace_many.knows", lambda lm, fs: [f.known_id not in changed for f in fs])
+    a = ab.Ability(texts=(), known=facts, baseline={"known_ids": [f.known_id for f in facts]})
+    monkeypatch.setattr(ab, "perplexity", lambda *args: 1.0)
+    assert a.measure(None)["known_retained"] == pytest.approx(40 / 42)  # no edits given: the two count as lost
+    out = a.measure(None, edited)
+    assert out["known_retained"] == 1.0 and out["known_edited"] == 2

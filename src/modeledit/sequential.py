@@ -129,7 +129,7 @@ def _checkpoint(lm, bench, cases, pre, ability, edits: int, batches: int, second
     rec = {"edits": edits, "batches": batches, "benchmark": bench.name, "pre": summary["pre"], "post": summary["post"],
            "last_batch_seconds": seconds, "measure_seconds": None}
     if ability is not None:
-        now = ability.measure(lm)
+        now = ability.measure(lm, [r for c in cases for r in bench.requests(c)])
         rec["ability"] = {k: v for k, v in now.items() if k != "known_ids"}
         rec["ability_unedited"] = {k: v for k, v in ability.baseline.items() if k != "known_ids"}
         if "known_ids" in ability.baseline:

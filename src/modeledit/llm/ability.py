@@ -4,7 +4,9 @@
   read it from the start, ~100,000 tokens of its ~1.5 million: these are never among them), each cut to
   ``max_len`` tokens;
 - known facts: of ROME's known_1000 facts that the *unedited* model answers (its greedy continuation is the
-  answer, every token), the share that the model still answers.
+  answer, every token), the share that the model still answers — leaving out the facts that the edits
+  themselves change (an edit of the same subject whose old answer is the fact's: known_1000 and CounterFact
+  share facts, and such a fact answered the old way would be an edit that did not take, not one kept).
 """
 
 from __future__ import annotations
@@ -28,18 +30,31 @@ class Ability:
     max_len: int = 128
     baseline: dict[str, Any] = field(default_factory=dict)
 
-    def measure(self, lm) -> dict[str, Any]:
+    def measure(self, lm, edited: Sequence[Any] = ()) -> dict[str, Any]:
+        """``edited``: the requests the model holds (their facts are not counted as known facts kept)."""
         from modeledit.llm.trace_many import knows
 
         out: dict[str, Any] = {"perplexity": perplexity(lm, self.texts, self.max_len)}
         if self.known:  # known_answered: of all the facts given; known_retained: of those the unedited model answered
             answered = knows(lm, self.known)
             ids = [f.known_id for f, a in zip(self.known, answered) if a]
-            before = set(self.baseline.get("known_ids", ids))
+            changed = edited_facts(self.known, edited)
+            before = set(self.baseline.get("known_ids", ids)) - changed
             out["known_ids"] = ids
             out["known_answered"] = len(ids) / len(self.known)
             out["known_retained"] = len(before & set(ids)) / len(before) if before else None
+            out["known_edited"] = len(changed & set(self.baseline.get("known_ids", ids)))
         return out
+
+
+def edited_facts(known: Sequence[Any], edited: Sequence[Any]) -> set[Any]:
+    """The ids of the ``known`` facts that one of the ``edited`` requests changes: the same subject, and the
+    request's old answer (``target_true``) is the fact's answer (compared without case or surrounding space)."""
+    old: dict[str, set[str]] = {}
+    for r in edited:
+        if getattr(r, "target_true", None):
+            old.setdefault(r.subject.strip().lower(), set()).add(r.target_true.strip().lower())
+    return {f.known_id for f in known if f.answer.strip().lower() in old.get(f.subject.strip().lower(), ())}
 
 
 def held_out_texts(n: int = 50) -> list[str]:
