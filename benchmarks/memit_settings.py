@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--firsts", default="10,8,6,4")
     ap.add_argument("--lambdas", default="15000,4800,1500,500")
     ap.add_argument("--passes", default="1", help="rounds of the spread (MEMIT's passes), e.g. 1,2")
+    ap.add_argument("--prompt-key", default="0", help="fit at the bare prompt's own key too (MEMIT's prompt_key): 0, 1 or 0,1")
     ap.add_argument("--own", default="0", help="weights of the batch's own other tokens (MEMIT's own_tokens_weight), e.g. 0,0.1,1")
     ap.add_argument("--data", default=os.environ.get("MODELEDIT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     ap.add_argument("--out", default="runs/memit-settings")
@@ -80,22 +81,24 @@ def main() -> None:
     pre = [bench.score(lm, c) for c in cases]
     rows = [{"setting": "unedited", **{k: 100 * mean(p[k] for p in pre) for k in keys}}]
     names = ("ES", "PS", "NS") if args.benchmark == "counterfact" else ("eff", "para", "spec")
-    print(f"{'layers':>8} {'lambda':>7} {'passes':>6} {'own':>6} {names[0]:>6} {names[1]:>6} {names[2]:>6} {'left':>6}")
-    print(f"{'unedited':>30} " + " ".join(f"{rows[0][k]:6.1f}" for k in keys))
-    grid = [(f, float(l), int(p), float(o)) for f in firsts for l in args.lambdas.split(",") for p in args.passes.split(",")
-            for o in args.own.split(",")]
-    for first, lam, passes, own in grid:
+    print(f"{'layers':>8} {'lambda':>7} {'passes':>6} {'own':>6} {'pkey':>4} {names[0]:>6} {names[1]:>6} {names[2]:>6} {'left':>6}")
+    print(f"{'unedited':>35} " + " ".join(f"{rows[0][k]:6.1f}" for k in keys))
+    grid = [(f, float(l), int(p), float(o), bool(int(k))) for f in firsts for l in args.lambdas.split(",") for p in args.passes.split(",")
+            for o in args.own.split(",") for k in args.prompt_key.split(",")]
+    for first, lam, passes, own, pkey in grid:
         layers = list(range(first, args.last + 1))
-        m = MEMIT(**{**settings, "layers": tuple(layers), "mom2_update_weight": lam, "passes": passes, "own_tokens_weight": own})
+        m = MEMIT(**{**settings, "layers": tuple(layers), "mom2_update_weight": lam, "passes": passes, "own_tokens_weight": own,
+                    "prompt_key": pkey})
         deltas, final = m.spread(lm, requests, z, layers, moments, templates)
         patch = Patch.from_deltas(lm.model, deltas, method="memit", hparams={}, requests=[r.to_dict() for r in requests])
         with patch.applied(lm):
             post = [bench.score(lm, c, p) for c, p in zip(cases, pre)]
         left = float((final - z).norm(dim=1).mean() / (z - v0).norm(dim=1).mean())
-        row = {"layers": layers, "lambda": lam, "passes": passes, "own_tokens_weight": own, "left": left,
-               **{k: 100 * mean(p[k] for p in post) for k in keys}}
+        row = {"layers": layers, "lambda": lam, "passes": passes, "own_tokens_weight": own, "prompt_key": pkey, "left": left,
+               **{k: 100 * mean(p[k] for p in post) for k in keys},
+               "missed": [c.case_id for c, p in zip(cases, post) if p[keys[0]] < 1]}  # the cases whose edit does not hold
         rows.append(row)
-        print(f"{first:>3}-{args.last:<4} {lam:7.0f} {passes:6d} {own:6g} " + " ".join(f"{row[k]:6.1f}" for k in keys) + f" {left:6.2f}", flush=True)
+        print(f"{first:>3}-{args.last:<4} {lam:7.0f} {passes:6d} {own:6g} {int(pkey):4d} " + " ".join(f"{row[k]:6.1f}" for k in keys) + f" {left:6.2f}", flush=True)
     (out / "settings.json").write_text(json.dumps({"benchmark": args.benchmark, "cases": len(cases), "skip": args.skip,
                                                    "settings": settings, "rows": rows}, indent=1))
     print(f"written: {out / 'settings.json'}")

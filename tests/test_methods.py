@@ -461,3 +461,21 @@ def test_memit_retarget_gives_new_targets_to_the_requests_not_taken(tiny_factory
         get_method("memit", retarget=-1)
     with pytest.raises(RequestError, match="AlphaEdit"):
         get_method("alphaedit", retarget=1)
+
+
+def test_memit_prompt_key_fits_the_bare_prompts_own_key_too(tiny_factory, tmp_path, monkeypatch):
+    """With ``prompt_key`` MEMIT and AlphaEdit fit each request's bare-prompt key beside its averaged one, so
+    the residual stream at the bare prompts gets nearer the targets; with no context but the bare prompt
+    (the two keys equal) the update is the paper's."""
+    monkeypatch.setenv("MODELEDIT_CACHE", str(tmp_path))
+    lm = tiny_factory("llama")
+    reqs = REQS + [Request("{} was written in", "Hamlet", " Latin"), Request("{} is a citizen of", "Angela Merkel", " Peru")]
+    for method, hp in (("memit", dict(QUICK["memit"], stats_tokens=1000, mom2_update_weight=50.0)),
+                       ("alphaedit", dict(QUICK["alphaedit"], stats_tokens=1000))):
+        left = {pk: edit(lm, reqs, method=method, **hp, prompt_key=pk).entries[0].info["target_distance_left"] for pk in (False, True)}
+        assert left[True] < 0.8 * left[False], (method, left)  # MEMIT 0.65 -> 0.42, AlphaEdit 0.54 -> 0.06 here
+    hp = dict(QUICK["memit"], stats_tokens=1000, mom2_update_weight=50.0, context_spec=())
+    paper, ours = (edit(lm, reqs, method="memit", **hp, prompt_key=pk).entries[0] for pk in (False, True))
+    for name, d in paper.deltas.items():
+        W = lm.model.get_parameter(name)
+        assert torch.allclose(d.materialize(W), ours.deltas[name].materialize(W), atol=1e-6)

@@ -127,7 +127,7 @@ class AlphaEdit(MEMIT):
     def after_update(self, lm: LanguageModel, reader, layers: Sequence[int]) -> None:
         """Remember the batch's keys (read on the edited model) under the weights this edit produces, on
         disk beside the statistics, with a link to the state it started from (so a resumed run finds it)."""
-        keys = {layer: reader.keys(layer).T.contiguous() for layer in layers}  # (in, n) float64
+        keys = {layer: self.fitted(reader, layer)[0].T.contiguous() for layer in layers}  # (in, n) float64: the keys written
         key = _weights_key(lm, layers)
         f = _store(lm) / f"{key}.safetensors"
         f.parent.mkdir(parents=True, exist_ok=True)

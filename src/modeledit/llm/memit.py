@@ -15,6 +15,11 @@ For a batch of facts, MEMIT
    so that the new keys are mapped to their share of the target while the keys of the corpus, weighted by
    λ, keep their values as far as possible.
 
+Ours, on by default (``prompt_key``, as ROME's; ``prompt_key=False`` is the paper's): each request's update is fitted at its bare prompt's own key as well as at
+the averaged one, both mapped to its residual at half weight — where a model reads a prompt's subject unlike
+every context (SmolLM2 adds no BOS token: a prompt that starts with its subject reads it at position 0),
+the averaged key alone reaches the prompt weakly. Where the two keys are equal, the update is the paper's.
+
 Paper defaults (GPT-2 XL / GPT-J): layers 13–17 of 48 / 3–8 of 28, λ = 20,000 / 15,000 (kept here
 relative to the key width: see ``MEMITHyperParams.lam``), clamp 0.75, 20 Adam steps at lr 0.5, KL factor
 0.0625, weight decay 0.5, the bare prompt and 5 generated prefixes of 10 tokens as contexts (ROME: 20). Default layers here: the MLP window of causal tracing around the peak when the
@@ -224,19 +229,30 @@ class MEMIT(LLMMethod):
         with ExitStack() as applied:
             for p in range(hp.passes):
                 for i, layer in enumerate(layers):
-                    keys = reader.keys(layer)  # (n, inter)
                     now = reader.residuals(last)  # (n, hidden)
-                    resid = (z - now) / (len(layers) - i)
+                    share = (z - now) / (len(layers) - i)
+                    keys, resid = self.fitted(reader, layer, share)
                     held = None if own is None else hp.own_tokens_weight * own.off_site_moment(layer)
                     R, A = self.layer_update(lm, layer, resid, keys, moments[layer], held)
                     name = layout.weight_name(layer)
                     d = Delta(left=A.float(), right=R.float()) if layout.mlp_out_transposed else Delta(left=R.float(), right=A.float())
                     applied.enter_context(Patch.from_deltas(lm.model, {name: d}, method=self.name, hparams={}, requests=[]).applied(lm))
                     deltas[name] = _summed(deltas.get(name), d, lm.model.get_parameter(name))
-                    log.info("MEMIT pass %d, layer %d: mean residual norm %.3f", p + 1, layer, float(resid.norm(dim=1).mean()))
+                    log.info("MEMIT pass %d, layer %d: mean residual norm %.3f", p + 1, layer, float(share.norm(dim=1).mean()))
             final = reader.residuals(last)
             self.after_update(lm, reader, layers)
         return deltas, final
+
+    def fitted(self, reader: RangeReader, layer: int, resid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The keys at ``layer`` that the update maps to the residuals, and those residuals (rows alike): each
+        request's key averaged over its contexts (the paper's); with ``prompt_key``, its bare prompt's own
+        key too, both with its residual and both rows × √½ — each pair fitted at half weight, so that where the
+        two keys are equal the update is the paper's."""
+        if not self.hparams.prompt_key:
+            return reader.keys(layer), resid
+        avg, own = reader.key_pairs(layer)
+        half = 0.5**0.5
+        return torch.cat([avg, own]) * half, None if resid is None else torch.cat([resid, resid]) * half
 
     def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor, C: torch.Tensor,
                      held: torch.Tensor | None = None):

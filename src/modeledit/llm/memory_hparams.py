@@ -4,7 +4,7 @@ papers' defaults; each editor adds its own fields (layer or layers, clamp, λ)."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modeledit.errors import RequestError
 from modeledit.llm.precision import check_precision
@@ -55,6 +55,10 @@ class MemoryEditHyperParams:
     stats_tokens: int = 100_000
     stats_max_len: int = 256
     corpus: str | tuple[str, ...] | None = None  # None: the embedded Wikipedia leads; else text files or 'dataset:NAME'
+    # ours, not the papers': the change is written at each request's bare prompt's own key too, not only at its key
+    # averaged over the contexts (ROME: exactly, rome.py; MEMIT, AlphaEdit: both fitted at half weight, memit.py) —
+    # a prompt that starts with its subject may read it unlike every context. False: the papers' (and runs before it)
+    prompt_key: bool = field(default=True, metadata={"before": False})
 
     def __post_init__(self) -> None:
         for name in ("lr", "loss_stop", "clamp_norm_factor"):

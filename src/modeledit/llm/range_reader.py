@@ -54,14 +54,20 @@ class RangeReader:
 
     def keys(self, layer: int) -> torch.Tensor:
         """(n, inter) each request's key at ``layer``, averaged over its context templates, float64."""
-        out = []
+        return self.key_pairs(layer)[0]
+
+    def key_pairs(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """((n, inter), (n, inter)): each request's key at ``layer`` averaged over its context templates, and
+        the key of its bare prompt (the first template's row); float64, from one read."""
+        avg, own = [], []
         for b, (_, _, _, _, rows) in enumerate(self.batches):
             k = self._run(b, self.lm.layout.mlp_out[layer], outputs=False)
             k = k[torch.arange(len(rows.site)), rows.site].to(torch.float64)
             n = rows.n_requests
             sums = torch.zeros(n, k.shape[1], dtype=torch.float64, device=k.device).index_add(0, rows.row_request, k)
-            out.append(sums / torch.bincount(rows.row_request, minlength=n)[:, None])
-        return torch.cat(out)
+            avg.append(sums / torch.bincount(rows.row_request, minlength=n)[:, None])
+            own.append(k[rows.first_rows.to(k.device)])
+        return torch.cat(avg), torch.cat(own)
 
     def off_site_moment(self, layer: int) -> torch.Tensor:
         """(inter, inter) Σ k kᵀ of the keys at ``layer`` of every token of the rows but their edit sites (read

@@ -21,7 +21,7 @@ update is ΔW = δ uᵀ with u the least in C that reaches both the averaged key
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -79,8 +79,6 @@ class ROMEHyperParams(MemoryEditHyperParams):
     guard_subjects: int | None = None
     guard_factor: float = 1.0  # weight of their KL and of their rise in log p(new target)
     guard_pool: int = 2000  # pool size (article titles of the embedded corpus)
-    # ours (module docstring): the prompt's own key gets all of δ too; False: the paper's (and runs before it)
-    prompt_key: bool = field(default=True, metadata={"before": False})
 
     def __post_init__(self) -> None:
         super().__post_init__()
