@@ -15,10 +15,11 @@ For a batch of facts, MEMIT
    so that the new keys are mapped to their share of the target while the keys of the corpus, weighted by
    λ, keep their values as far as possible.
 
-Ours, on by default (``prompt_key``, as ROME's; ``prompt_key=False`` is the paper's): each request's update is fitted at its bare prompt's own key as well as at
-the averaged one, both mapped to its residual at half weight — where a model reads a prompt's subject unlike
-every context (SmolLM2 adds no BOS token: a prompt that starts with its subject reads it at position 0),
-the averaged key alone reaches the prompt weakly. Where the two keys are equal, the update is the paper's.
+Ours, on by default (``prompt_key``, as ROME's; ``prompt_key=False`` is the paper's): each request's update
+is fitted at its bare prompt's own key as well as at the averaged one, both mapped to its residual at half
+weight — where a model reads a prompt's subject unlike every context (SmolLM2 adds no BOS token: a prompt
+that starts with its subject reads it at position 0), the averaged key alone reaches the prompt weakly.
+Where the two keys are equal, the update is the paper's.
 
 Paper defaults (GPT-2 XL / GPT-J): layers 13–17 of 48 / 3–8 of 28, λ = 20,000 / 15,000 (kept here
 relative to the key width: see ``MEMITHyperParams.lam``), clamp 0.75, 20 Adam steps at lr 0.5, KL factor
